@@ -1,0 +1,132 @@
+"""Advantage estimators (method.md §3), each with serialisable state for exact resume.
+
+* ``group``: ``(r − mean_g)/(std_g + eps)`` within each group (population std), DanceGRPO/GRPO style.
+* ``per_prompt_tracker``: DDPO's per-prompt stat tracker — a buffer of the last ``buffer_size`` rewards
+  per prompt; below ``min_count`` entries the batch statistics are used.
+* ``prompt_mean_global_std``: Flow-GRPO — per-prompt mean of the current batch, global std of all
+  rewards.
+
+All clip the result to ``±adv_clip`` (A_max = 5). Estimators take ``(rewards [B], keys)`` where ``keys``
+are the group ids or prompt strings, with rewards already gathered across ranks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+import torch
+
+
+def _population_std(x: torch.Tensor) -> torch.Tensor:
+    return x.std(unbiased=False) if x.numel() > 1 else torch.zeros((), dtype=x.dtype)
+
+
+def _groups(keys: Sequence) -> dict:
+    groups: dict = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    return groups
+
+
+def clip_advantages(adv: torch.Tensor, adv_clip: float) -> torch.Tensor:
+    if not adv_clip > 0:
+        raise ValueError(f"adv_clip must be > 0, got {adv_clip!r}")
+    return adv.clamp(-adv_clip, adv_clip)
+
+
+class AdvantageEstimator:
+    name = "base"
+
+    def __init__(self, adv_clip: float = 5.0, eps: float = 1e-8):
+        if not adv_clip > 0:
+            raise ValueError(f"adv_clip must be > 0, got {adv_clip!r}")
+        self.adv_clip, self.eps = float(adv_clip), float(eps)
+
+    def __call__(self, rewards: torch.Tensor, keys: Sequence) -> torch.Tensor:
+        rewards = torch.as_tensor(rewards, dtype=torch.float64).flatten()
+        if len(keys) != rewards.numel():
+            raise ValueError(f"advantages: {rewards.numel()} rewards but {len(keys)} keys")
+        return clip_advantages(self._compute(rewards, list(keys)), self.adv_clip).float()
+
+    def _compute(self, rewards: torch.Tensor, keys: list) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class GroupAdvantage(AdvantageEstimator):
+    """Normalise within each group: ``(r − mean)/(std + eps)``, population std."""
+
+    name = "group"
+
+    def _compute(self, rewards, keys):
+        adv = torch.empty_like(rewards)
+        for idx in _groups(keys).values():
+            r = rewards[idx]
+            adv[idx] = (r - r.mean()) / (_population_std(r) + self.eps)
+        return adv
+
+
+class PromptMeanGlobalStd(AdvantageEstimator):
+    """Flow-GRPO: subtract each prompt's batch mean, divide by the global (population) std."""
+
+    name = "prompt_mean_global_std"
+
+    def __init__(self, adv_clip: float = 5.0, eps: float = 1e-4):
+        super().__init__(adv_clip, eps)
+
+    def _compute(self, rewards, keys):
+        adv = torch.empty_like(rewards)
+        std = _population_std(rewards)
+        for idx in _groups(keys).values():
+            adv[idx] = rewards[idx] - rewards[idx].mean()
+        return adv / (std + self.eps)
+
+
+class PerPromptStatTracker(AdvantageEstimator):
+    """DDPO's tracker: per-prompt buffers of recent rewards; batch statistics below ``min_count``."""
+
+    name = "per_prompt_tracker"
+
+    def __init__(self, adv_clip: float = 5.0, eps: float = 1e-6, buffer_size: int = 32, min_count: int = 16):
+        super().__init__(adv_clip, eps)
+        if buffer_size <= 0 or min_count <= 0:
+            raise ValueError(f"buffer_size and min_count must be > 0, got {buffer_size}, {min_count}")
+        self.buffer_size, self.min_count = int(buffer_size), int(min_count)
+        self.buffers: dict[str, deque] = {}
+
+    def _compute(self, rewards, keys):
+        adv = torch.empty_like(rewards)
+        batch_mean, batch_std = rewards.mean(), _population_std(rewards)
+        for key, idx in _groups(keys).items():
+            buf = self.buffers.setdefault(str(key), deque(maxlen=self.buffer_size))
+            buf.extend(rewards[idx].tolist())
+            if len(buf) < self.min_count:
+                mean, std = batch_mean, batch_std
+            else:
+                hist = torch.tensor(list(buf), dtype=torch.float64)
+                mean, std = hist.mean(), _population_std(hist)
+            adv[idx] = (rewards[idx] - mean) / (std + self.eps)
+        return adv
+
+    def state_dict(self) -> dict:
+        return {"buffers": {k: list(v) for k, v in self.buffers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffers = {
+            k: deque(v, maxlen=self.buffer_size) for k, v in state.get("buffers", {}).items()
+        }
+
+
+ADVANTAGES = {c.name: c for c in (GroupAdvantage, PromptMeanGlobalStd, PerPromptStatTracker)}
+
+
+def build_advantage(name: str, **kwargs) -> AdvantageEstimator:
+    if name not in ADVANTAGES:
+        raise ValueError(f"advantage must be one of {sorted(ADVANTAGES)}, got {name!r}")
+    return ADVANTAGES[name](**kwargs)

@@ -91,8 +91,10 @@ class Sampler(ABC):
         return t.expand(batch_size).to(device) if device is not None else t.expand(batch_size)
 
     # ---- the step ---------------------------------------------------------------------------
-    def canonical(self, i: int, x: torch.Tensor, raw_pred: torch.Tensor) -> torch.Tensor:
-        """The network output in the sampler's canonical parametrisation (identity by default)."""
+    def canonical(self, i: int | torch.Tensor, x: torch.Tensor, raw_pred: torch.Tensor) -> torch.Tensor:
+        """The network output in the sampler's canonical parametrisation (identity by default).
+
+        ``i`` is a step index or a tensor [B] of per-row step indices."""
         return raw_pred
 
     def mean(self, i: int, x: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:

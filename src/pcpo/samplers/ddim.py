@@ -132,6 +132,7 @@ class DDIMSampler(Sampler):
         if betas.shape != (T,):
             raise ValueError(f"betas must have num_train_timesteps={T} entries, got {tuple(betas.shape)}")
         self.num_train_timesteps = T
+        self.betas = betas
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         final = torch.tensor(1.0, dtype=torch.float64) if self.final_alpha_one else self.alphas_cumprod[0]
 
@@ -176,12 +177,18 @@ class DDIMSampler(Sampler):
             prediction_type=getattr(cfg, "prediction_type", "epsilon"),
         )
 
-    def canonical(self, i: int, x: torch.Tensor, raw_pred: torch.Tensor) -> torch.Tensor:
-        """ε̂ from the network output (v-prediction: ε̂ = sqrt(ᾱ_t)·v̂ + sqrt(1 − ᾱ_t)·x_t)."""
+    def canonical(self, i: int | torch.Tensor, x: torch.Tensor, raw_pred: torch.Tensor) -> torch.Tensor:
+        """ε̂ from the network output (v-prediction: ε̂ = sqrt(ᾱ_t)·v̂ + sqrt(1 − ᾱ_t)·x_t).
+
+        ``i`` may be a step index or a tensor [B] of step indices (one per row, for batched updates).
+        """
         if self.prediction_type == "epsilon":
             return raw_pred
-        abar = float(self.abar_t[i])
-        return math.sqrt(abar) * raw_pred.float() + math.sqrt(1 - abar) * x.float()
+        dtype = torch.promote_types(raw_pred.dtype, torch.float32)
+        abar = self.abar_t[torch.as_tensor(i)].to(device=x.device, dtype=dtype)
+        if abar.ndim == 1:
+            abar = abar.view(-1, *([1] * (x.ndim - 1)))
+        return abar.sqrt() * raw_pred.to(dtype) + (1 - abar).sqrt() * x.to(dtype)
 
     def describe(self) -> dict:
         return {

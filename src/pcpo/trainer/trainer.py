@@ -1,0 +1,692 @@
+"""The RL loop: rollout → reward → advantage → update, for every framework and objective.
+
+DDPO, DanceGRPO, Flow-GRPO and PCPO differ here only in configuration: the sampler (and its noise),
+the timestep selection, the advantage estimator, the objective and the credit scheme. Everything else —
+rollout, CFG, batching, logging, checkpointing — is shared, so comparisons differ only in what they
+claim to differ in.
+
+The update batches the trained (sample, timestep) pairs of a minibatch into forward passes of up to
+``train.micro_batch`` rows (sorted by timestep), instead of one forward per timestep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..advantages import build_advantage
+from ..credit import credit_weights
+from ..logprob import log_ratio_from_terms, ratio_terms
+from ..models.base import ModelAdapter, cond_select
+from ..objectives import get_objective, kl_penalty
+from ..samplers import DDIMSampler, FlowSampler, Sampler, build_sampler
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from .config import ConfigError, RunConfig, to_dict
+from .distributed import DistContext
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive updates had a NaN/inf loss or reward."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def resolve_prompts(spec, field: str) -> list[str]:
+    """Prompt list from ``world:train|heldout|all``, a file (one per line) or a list."""
+    if isinstance(spec, (list, tuple)):
+        prompts = [str(p) for p in spec]
+    elif isinstance(spec, str) and spec.startswith("world:"):
+        from ..world import data as world
+
+        table = {"train": world.TRAIN_PROMPTS, "heldout": world.HELDOUT_PROMPTS, "all": world.PROMPTS}
+        key = spec.split(":", 1)[1]
+        if key not in table:
+            raise ConfigError(f"{field}: unknown world split {key!r}; use world:train, world:heldout or world:all")
+        prompts = list(table[key])
+    elif isinstance(spec, str) and Path(spec).is_file():
+        prompts = [ln.strip() for ln in Path(spec).read_text().splitlines() if ln.strip()]
+    else:
+        raise ConfigError(f"{field}: {spec!r} is neither world:<split>, an existing file, nor a list")
+    if not prompts:
+        raise ConfigError(f"{field}: no prompts")
+    return prompts
+
+
+def derived_generator(seed: int, *parts, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator seeded from (seed, parts): per epoch/rank/purpose streams, so resume is exact."""
+    h = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    g = torch.Generator(device=device)
+    g.manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+    return g
+
+
+def select_timesteps(mode: str, fraction: float, eligible: list[int], gen: torch.Generator) -> list[int]:
+    """Which steps of one trajectory are trained (method.md §3, baseline conventions).
+
+    * ``all_shuffled`` (DDPO): a random permutation of the steps, the first ``int(n·fraction)``.
+    * ``drop_last_random`` (DanceGRPO): drop the last step, then a random ``fraction`` of the rest.
+    * ``first_fraction`` (Flow-GRPO): the first ``int(n·fraction)`` steps in order (0.99 → never the last).
+    """
+    steps = list(eligible)
+    if mode == "drop_last_random":
+        steps = steps[:-1] or steps
+    n = max(1, int(len(steps) * fraction))
+    if mode == "first_fraction":
+        return steps[:n]
+    perm = torch.randperm(len(steps), generator=gen).tolist()
+    return sorted(steps[j] for j in perm[:n])
+
+
+def make_eval_sampler(sampler: Sampler, steps: int | None) -> Sampler:
+    """The deterministic counterpart of a training sampler (ODE / DDIM η = 0)."""
+    n = steps or sampler.num_steps
+    if isinstance(sampler, DDIMSampler):
+        return DDIMSampler(n, eta=0.0, betas=sampler.betas, num_train_timesteps=sampler.num_train_timesteps,
+                           spacing=sampler.spacing, steps_offset=sampler.steps_offset,
+                           final_alpha_one=sampler.final_alpha_one, prediction_type=sampler.prediction_type)
+    assert isinstance(sampler, FlowSampler)
+    return FlowSampler(n, eta=0.0, noise="dance", shift=sampler.shift)
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]          # local prompts
+    keys: list[int]             # local group ids
+    cond: dict                  # local conditioning
+    states: torch.Tensor        # [B, N, ...] input state of each step
+    noise: torch.Tensor         # [B, N, ...] z drawn at each step
+    pred_old: torch.Tensor      # [B, N, ...] canonical guided prediction at rollout
+    images: torch.Tensor        # [B, 3, H, W] in [0, 1]
+
+
+# ---------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """``Trainer(cfg, run_dir).train()``; ``Trainer.resume(run_dir).train()`` continues a run."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, adapter: ModelAdapter | None = None,
+                 reward_fn=None, _resuming: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        )
+        self.dist = DistContext.from_env(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self._validate_layout()
+        self.train_prompts = resolve_prompts(cfg.data.prompts, "data.prompts")
+        self.eval_prompts = resolve_prompts(cfg.data.eval_prompts, "data.eval_prompts")
+
+        if not _resuming and self.dist.is_main:
+            self._create_run_dir()
+        self.dist.barrier()
+
+        # model, sampler, credit
+        self.adapter = adapter if adapter is not None else self._load_model()
+        self.adapter.denoiser.eval()  # no dropout: the log-ratio must be a function of the weights
+        self.sampler = self._build_sampler()
+        self.eval_sampler = make_eval_sampler(self.sampler, cfg.sampler.eval_steps)
+        self.objective = get_objective(cfg.train.objective)
+        self.credit_name = cfg.train.credit or self.objective.default_credit
+        kw = {"w_star": cfg.train.w_star} if self.credit_name == "pcpo" else {}
+        if cfg.train.w_star is not None and self.credit_name != "pcpo":
+            raise ConfigError(f"train.w_star: only used with credit pcpo, but credit is {self.credit_name!r}")
+        self.native_w = credit_weights("native", self.sampler).float()
+        self.objective_w = credit_weights(self.credit_name, self.sampler, **kw).float()
+        self.target_w = credit_weights("pcpo", self.sampler, **({"w_star": cfg.train.w_star} if cfg.train.w_star else {})).float()
+        self.dt = self.sampler.dt().float()
+        self.eligible = [i for i in range(self.sampler.num_steps) if bool(self.sampler.stochastic[i])]
+
+        self.reward_fn = reward_fn if reward_fn is not None else self._build_reward()
+        self.advantage = build_advantage(
+            cfg.train.advantage, adv_clip=cfg.train.adv_clip,
+            **({"buffer_size": cfg.train.tracker_buffer, "min_count": cfg.train.tracker_min_count}
+               if cfg.train.advantage == "per_prompt_tracker" else {}),
+        )
+        params = list(self.adapter.trainable_parameters())
+        if not params:
+            raise ConfigError("model: no trainable parameters (LoRA targets matched nothing?)")
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
+                                           eps=cfg.train.adam_eps, weight_decay=cfg.train.weight_decay)
+        self.ref_adapter = None
+        if cfg.train.kl_beta > 0:
+            try:
+                with self.adapter.reference():
+                    pass
+            except NotImplementedError:
+                self.ref_adapter = copy.deepcopy(self.adapter)
+                for p in self.ref_adapter.denoiser.parameters():
+                    p.requires_grad_(False)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.mixed_precision)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.mixed_precision == "fp16" else None
+        self.start_epoch = 0
+        self.nonfinite_streak = 0
+        self.nonfinite_total = 0
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.tb = None
+        self.wandb = None
+
+    # ---- construction ---------------------------------------------------------------------
+    def _validate_layout(self) -> None:
+        cfg, w = self.cfg, self.dist.world_size
+        total = cfg.data.prompts_per_epoch * cfg.data.group_size
+        if total % w:
+            raise ConfigError(f"data.prompts_per_epoch * data.group_size ({total}) must be divisible by the "
+                              f"number of processes ({w})")
+        mb = cfg.train.minibatch_size or total
+        if total % mb:
+            raise ConfigError(f"train.minibatch_size ({mb}) must divide the trajectories per epoch ({total})")
+        if mb % w:
+            raise ConfigError(f"train.minibatch_size ({mb}) must be divisible by the number of processes ({w})")
+
+    def _create_run_dir(self) -> None:
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise ConfigError(f"--out: run directory {self.run_dir} exists and is not empty; resume it with "
+                              f"`pcpo train --resume {self.run_dir}` or choose another --out")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+
+    def _load_model(self) -> ModelAdapter:
+        from ..models.loader import load_model
+
+        spec = self.cfg.model.spec()
+        spec.setdefault("device", str(self.device))
+        return load_model(spec).to(self.device)
+
+    def _build_sampler(self) -> Sampler:
+        s = self.cfg.sampler
+        if self.adapter.prediction_type == "flow":
+            if s.name == "ddim":
+                raise ConfigError(f"sampler.name: ddim needs a diffusion model, but model.family "
+                                  f"{self.cfg.model.family!r} is a flow model; use dance-sde or flow-sde")
+            return build_sampler(s.name, s.steps, s.eta, shift=s.shift)
+        if s.name != "ddim":
+            raise ConfigError(f"sampler.name: {s.name} needs a flow model, but model.family "
+                              f"{self.cfg.model.family!r} is a diffusion model; use ddim")
+        sched = dict(self.adapter.ddim_schedule())
+        sched.setdefault("prediction_type", self.adapter.prediction_type)
+        sched["spacing"] = s.spacing
+        return build_sampler("ddim", s.steps, s.eta, **sched)
+
+    def _build_reward(self):
+        from ..rewards.registry import WeightedSum, build_reward
+
+        r = self.cfg.reward
+        if r.weights:
+            return WeightedSum({name: (float(w), build_reward(name, **r.options.get(name, {})))
+                                for name, w in r.weights.items()})
+        return build_reward(r.name, **r.options)
+
+    # ---- resume -----------------------------------------------------------------------------
+    @classmethod
+    def resume(cls, run_dir: str | Path, overrides: list[str] | None = None, **kw) -> Trainer:
+        from .config import apply_overrides, from_dict, validate
+
+        run_dir = Path(run_dir)
+        cfg_path = run_dir / "config.yaml"
+        if not cfg_path.is_file():
+            raise ConfigError(f"--resume: {run_dir} has no config.yaml; is it a pcpo run directory?")
+        data = apply_overrides(yaml.safe_load(cfg_path.read_text()), overrides or [])
+        cfg = from_dict(RunConfig, data)
+        validate(cfg)
+        trainer = cls(cfg, run_dir, _resuming=True, **kw)
+        ckpts = list_checkpoints(run_dir)
+        if ckpts:
+            trainer.load(ckpts[-1])
+        else:  # killed before the first checkpoint: start over, dropping partial logs
+            trainer._truncate_metrics(-1)
+        return trainer
+
+    def load(self, path: Path) -> None:
+        model, opt, rng, payload = load_checkpoint(path)
+        self.adapter.load_trainable_state_dict({k: v.to(self.device) for k, v in model.items()})
+        self.optimizer.load_state_dict(opt)
+        set_rng_state(rng, payload["rng"])
+        self.advantage.load_state_dict(payload.get("advantage", {}))
+        self.nonfinite_streak = payload.get("nonfinite_streak", 0)
+        self.nonfinite_total = payload.get("nonfinite_total", 0)
+        self.start_epoch = payload["epoch"]
+        self._truncate_metrics(self.start_epoch)
+
+    def _truncate_metrics(self, epochs_done: int) -> None:
+        """Keep log lines of epochs <= ``epochs_done``; later ones are recomputed identically on resume."""
+        if not self.dist.is_main or not self.metrics_path.exists():
+            return
+        keep = [ln for ln in self.metrics_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("epoch", 0) <= epochs_done]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.metrics_path)
+
+    def save(self, epoch: int) -> None:
+        if not self.dist.is_main:
+            return
+        state = {
+            "advantage": self.advantage.state_dict(),
+            "nonfinite_streak": self.nonfinite_streak,
+            "nonfinite_total": self.nonfinite_total,
+            "sampler": self.sampler.describe(),
+        }
+        save_checkpoint(self.run_dir, epoch, self.adapter.trainable_state_dict(), self.optimizer, state,
+                        keep_last=self.cfg.checkpoint.keep_last)
+
+    # ---- forward ----------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _predict(self, adapter: ModelAdapter, x, step_idx: torch.Tensor, cond) -> torch.Tensor:
+        t = self.sampler.timesteps[step_idx.cpu()].to(self.device)
+        with self._autocast():
+            raw = adapter.predict(x, t, cond, self.cfg.sampler.guidance_scale)
+        return self.sampler.canonical(step_idx.cpu(), x, raw.float())
+
+    # ---- epoch pieces -----------------------------------------------------------------------
+    def epoch_prompts(self, epoch: int) -> tuple[list[str], list[int]]:
+        """Global prompts and group ids of an epoch (identical on every rank)."""
+        d = self.cfg.data
+        g = derived_generator(self.cfg.seed, "prompts", epoch)
+        n = len(self.train_prompts)
+        if d.prompts_per_epoch <= n:
+            idx = torch.randperm(n, generator=g)[: d.prompts_per_epoch].tolist()
+        else:
+            idx = torch.randint(n, (d.prompts_per_epoch,), generator=g).tolist()
+        prompts = [self.train_prompts[i] for i in idx for _ in range(d.group_size)]
+        keys = [k for k in range(d.prompts_per_epoch) for _ in range(d.group_size)]
+        return prompts, keys
+
+    def local_slice(self, n: int) -> slice:
+        per = n // self.dist.world_size
+        return slice(self.dist.rank * per, (self.dist.rank + 1) * per)
+
+    @torch.no_grad()
+    def rollout(self, epoch: int) -> tuple[Rollout, list[str], list[int]]:
+        prompts, keys = self.epoch_prompts(epoch)
+        sl = self.local_slice(len(prompts))
+        gen_init = derived_generator(self.cfg.seed, "init", epoch, device=self.device)
+        # initial noise for every global sample (cheap), so shared noise is consistent across ranks
+        x_all = self.adapter.initial_noise(len(prompts), generator=gen_init)
+        if self.cfg.sampler.shared_noise:
+            G = self.cfg.data.group_size
+            x_all = x_all[::G].repeat_interleave(G, dim=0)
+        x_local = x_all[sl]
+        local_prompts, local_keys = prompts[sl], keys[sl]
+        cond = self.adapter.encode_prompts(local_prompts)
+        gen = derived_generator(self.cfg.seed, "rollout", epoch, self.dist.rank, device=self.device)
+        N, B = self.sampler.num_steps, len(local_prompts)
+        states = torch.empty((B, N, *x_local.shape[1:]), dtype=torch.float32, device=self.device)
+        noise = torch.empty_like(states)
+        preds = torch.empty_like(states)
+        finals = []
+        rb = self.cfg.sampler.rollout_batch
+        bar = tqdm(total=N * math.ceil(B / rb), desc="rollout", leave=False, disable=not self._bars())
+        for start in range(0, B, rb):
+            idx = torch.arange(start, min(B, start + rb))
+            x = x_local[idx].float()
+            c = cond_select(cond, idx.to(next(iter(cond.values())).device)) if cond else cond
+            for i in range(N):
+                step_idx = torch.full((len(idx),), i, dtype=torch.long)
+                p = self._predict(self.adapter, x, step_idx, c)
+                out = self.sampler.step(i, x, p, generator=gen)
+                states[idx, i] = x
+                noise[idx, i] = out.noise
+                preds[idx, i] = p
+                x = out.prev_sample
+                bar.update()
+            finals.append(x)
+        bar.close()
+        images = self.adapter.decode(torch.cat(finals)).float()
+        return Rollout(local_prompts, local_keys, cond, states, noise, preds, images), prompts, keys
+
+    def compute_advantages(self, rewards_local: torch.Tensor, global_keys: list[int],
+                           global_prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rewards = self.dist.all_gather_cat(rewards_local.float().to(self.device)).cpu()
+        keys = global_prompts if self.cfg.train.advantage == "per_prompt_tracker" else global_keys
+        adv = self.advantage(rewards, keys)
+        return rewards, adv[self.local_slice(len(global_keys))]
+
+    def update(self, ro: Rollout, adv: torch.Tensor, epoch: int) -> dict:
+        cfg = self.cfg.train
+        B = ro.states.shape[0]
+        N = self.sampler.num_steps
+        gen = derived_generator(self.cfg.seed, "update", epoch, self.dist.rank)
+        mb_local = (cfg.minibatch_size or B * self.dist.world_size) // self.dist.world_size
+        adv = adv.to(self.device)
+        agg: dict[str, list] = {"loss": [], "clipfrac": [], "abs_log_ratio": [], "approx_kl": [], "kl": [],
+                                "grad_norm": []}
+        step_stats = {k: torch.zeros(N, dtype=torch.float64) for k in ("clip", "abslr", "count", "grad")}
+        first_abs_lr = None
+        kl_first = None
+        skipped = 0
+        n_forward = 0
+        selections = [select_timesteps(cfg.timestep_selection, cfg.timestep_fraction, self.eligible, gen)
+                      for _ in range(B)]
+        total_mb = cfg.inner_epochs * (B // mb_local)
+        bar = tqdm(total=total_mb, desc="update", leave=False, disable=not self._bars())
+        for inner in range(cfg.inner_epochs):
+            order = torch.randperm(B, generator=gen).tolist()
+            for m0 in range(0, B, mb_local):
+                samples = order[m0:m0 + mb_local]
+                pairs = sorted((i, b) for b in samples for i in selections[b])
+                n_pairs = len(pairs)
+                self.optimizer.zero_grad(set_to_none=True)
+                bad = False
+                mb_abs_lr_max = 0.0
+                for c0 in range(0, n_pairs, cfg.micro_batch):
+                    chunk = pairs[c0:c0 + cfg.micro_batch]
+                    s_idx = torch.tensor([i for i, _ in chunk], dtype=torch.long)
+                    b_idx = torch.tensor([b for _, b in chunk], dtype=torch.long)
+                    bi, si = b_idx.to(self.device), s_idx.to(self.device)
+                    x = ro.states[bi, si]
+                    cond = cond_select(ro.cond, bi.to(next(iter(ro.cond.values())).device)) if ro.cond else ro.cond
+                    p = self._predict(self.adapter, x, s_idx, cond)
+                    n_forward += 1
+                    lin, sq = ratio_terms(p, ro.pred_old[bi, si], ro.noise[bi, si])
+                    w_obj = self.objective_w[s_idx].to(self.device)
+                    log_ratio = log_ratio_from_terms(lin, sq, w_obj, quadratic=not cfg.linear_only)
+                    loss, m = self.objective.compute_loss(log_ratio, adv[bi], clip_range=cfg.clip_range)
+                    native_lr = log_ratio_from_terms(lin.detach(), sq.detach(), self.native_w[s_idx].to(self.device))
+                    if cfg.kl_beta > 0:
+                        with torch.no_grad():
+                            if self.ref_adapter is not None:
+                                p_ref = self._predict(self.ref_adapter, x, s_idx, cond)
+                            else:
+                                with self.adapter.reference():
+                                    p_ref = self._predict(self.adapter, x, s_idx, cond)
+                        _, sq_ref = ratio_terms(p, p_ref, torch.zeros_like(p))
+                        w_kl = (self.target_w if cfg.kl_form == "pcpo" else self.native_w)[s_idx].to(self.device)
+                        kl = kl_penalty(sq_ref, w_kl, cfg.kl_form, self.dt[s_idx].to(self.device)).mean()
+                        loss = loss + cfg.kl_beta * kl
+                        agg["kl"].append(float(kl.detach()))
+                        if kl_first is None:
+                            kl_first = float(kl.detach())
+                    if not torch.isfinite(loss):
+                        bad = True
+                        break
+                    scaled = loss * (len(chunk) / n_pairs)
+                    if self.scaler is not None:
+                        self.scaler.scale(scaled).backward()
+                    else:
+                        scaled.backward()
+                    # bookkeeping (off the graph)
+                    with torch.no_grad():
+                        w = len(chunk) / n_pairs
+                        agg["loss"].append(float(loss) * w)
+                        agg["clipfrac"].append(m["clipfrac"] * w)
+                        agg["abs_log_ratio"].append(m["abs_log_ratio"] * w)
+                        agg["approx_kl"].append(m["approx_kl"] * w)
+                        flat = (self._clip_mask(log_ratio.detach(), adv[bi])).double().cpu()
+                        step_stats["clip"].index_add_(0, s_idx, flat)
+                        step_stats["abslr"].index_add_(0, s_idx, native_lr.abs().double().cpu())
+                        step_stats["count"].index_add_(0, s_idx, torch.ones(len(chunk), dtype=torch.float64))
+                        mb_abs_lr_max = max(mb_abs_lr_max, float(native_lr.abs().max()))
+                if first_abs_lr is None and inner == 0:
+                    first_abs_lr = mb_abs_lr_max
+                bad = self.dist.any(bad, self.device)
+                if bad:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    self._nonfinite("loss")
+                else:
+                    grads = [p.grad for p in self.params if p.grad is not None]
+                    self.dist.all_reduce_mean_(grads)
+                    if self.scaler is not None:
+                        self.scaler.unscale_(self.optimizer)
+                    gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                    agg["grad_norm"].append(float(gn))
+                    if self.scaler is not None:
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                    else:
+                        self.optimizer.step()
+                    self.nonfinite_streak = 0
+                bar.update()
+        bar.close()
+        n_mb = max(1, total_mb - skipped)
+        cnt = step_stats["count"].clamp(min=1)
+
+        def per_step(v):
+            return [float(x) if c > 0 else None for x, c in zip((v / cnt).tolist(), step_stats["count"].tolist())]
+
+        return {
+            "loss": sum(agg["loss"]) / n_mb if agg["loss"] else float("nan"),
+            "clipfrac": sum(agg["clipfrac"]) / n_mb if agg["clipfrac"] else float("nan"),
+            "abs_log_ratio": sum(agg["abs_log_ratio"]) / n_mb if agg["abs_log_ratio"] else float("nan"),
+            "approx_kl": sum(agg["approx_kl"]) / n_mb if agg["approx_kl"] else float("nan"),
+            "kl": sum(agg["kl"]) / len(agg["kl"]) if agg["kl"] else 0.0,
+            "kl_first": kl_first,
+            "grad_norm": sum(agg["grad_norm"]) / len(agg["grad_norm"]) if agg["grad_norm"] else float("nan"),
+            "clipfrac_per_step": per_step(step_stats["clip"]),
+            "abs_log_ratio_per_step": per_step(step_stats["abslr"]),
+            "log_ratio_before_update_max": first_abs_lr,
+            "updates_skipped": skipped,
+            "forward_passes": n_forward,
+            "trained_pairs": int(step_stats["count"].sum()),
+        }
+
+    def _clip_mask(self, log_ratio: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        xi = self.cfg.train.clip_range
+        if self.objective.name == "clipped":
+            return (torch.exp(log_ratio) - 1).abs() > xi
+        return (adv * log_ratio >= xi * adv.abs()) & (adv != 0)
+
+    def _nonfinite(self, what: str) -> None:
+        self.nonfinite_streak += 1
+        self.nonfinite_total += 1
+        if self.nonfinite_streak >= self.cfg.train.max_nonfinite:
+            raise NonFiniteError(
+                f"{self.nonfinite_streak} consecutive updates skipped for a non-finite {what}; lower train.lr, "
+                f"check the reward, or raise train.max_nonfinite (now {self.cfg.train.max_nonfinite})"
+            )
+
+    # ---- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, epoch: int) -> dict:
+        """Held-out prompts with the deterministic sampler and a fixed noise seed (rank 0 only)."""
+        from ..samplers import sample
+
+        cfg = self.cfg.eval
+        prompts = [p for p in self.eval_prompts for _ in range(cfg.images_per_prompt)]
+        gen = derived_generator(cfg.seed, "eval", device=self.device)
+        x = self.adapter.initial_noise(len(prompts), generator=gen)
+        finals = []
+        rb = self.cfg.sampler.rollout_batch
+        for s0 in range(0, len(prompts), rb):
+            sl = slice(s0, s0 + rb)
+            with self._autocast():
+                finals.append(sample(self.adapter, self.eval_sampler, prompts[sl], self.cfg.sampler.guidance_scale,
+                                     x=x[sl].float()))
+        images = self.adapter.decode(torch.cat(finals).float()).float()
+        rewards = self.reward_fn(images, prompts).float().cpu()
+        out = {"eval_reward_mean": float(rewards.mean()), "eval_reward_std": float(rewards.std(unbiased=False))}
+        comps = getattr(self.reward_fn, "components", None)
+        if comps is not None:
+            for name, v in comps(images, prompts).items():
+                out[f"eval_{name}"] = float(v.float().mean())
+        if cfg.gold and self.cfg.model.family.startswith("toy"):
+            out.update(self._gold(images, prompts))
+        if cfg.grid:
+            from ..viz import save_grid
+
+            grid_dir = self.run_dir / "images"
+            grid_dir.mkdir(exist_ok=True)
+            save_grid(images, grid_dir / f"epoch-{epoch:05d}.png", nrow=cfg.images_per_prompt,
+                      labels=self.eval_prompts)
+        return out
+
+    def _gold(self, images, prompts) -> dict:
+        try:
+            from ..eval.metrics import GoldMetrics
+        except ImportError:
+            return {}
+        if not hasattr(self, "_gold_metrics"):
+            self._gold_metrics = GoldMetrics(device=self.device)
+        return {f"gold_{k}": v for k, v in self._gold_metrics(images, prompts).items()}
+
+    # ---- logging ----------------------------------------------------------------------------
+    def _bars(self) -> bool:
+        return self.cfg.log.progress and self.dist.is_main and sys.stderr.isatty()
+
+    def _open_loggers(self) -> None:
+        if not self.dist.is_main:
+            return
+        if self.cfg.log.tensorboard and self.tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+        if self.cfg.log.wandb and self.wandb is None:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("log.wandb: wandb is not installed; `pip install wandb` or set log.wandb=false") from None
+            self.wandb = wandb.init(project=self.cfg.log.wandb_project, dir=str(self.run_dir),
+                                    config=to_dict(self.cfg), name=self.run_dir.name, resume="allow")
+
+    def log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record["epoch"]
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and v is not None and k != "epoch"}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                if math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+            for k in ("clipfrac_per_step", "abs_log_ratio_per_step"):
+                vals = [v for v in record.get(k) or [] if v is not None]
+                if vals:
+                    self.tb.add_histogram(k, torch.tensor(vals), step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(ln) for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
+
+    # ---- main loop --------------------------------------------------------------------------
+    def train(self) -> list[dict]:
+        cfg = self.cfg
+        self._open_loggers()
+        if self.dist.is_main and self.start_epoch == 0:
+            from ..credit import credit_table
+            from ..plots import plot_credit
+
+            table = credit_table(self.sampler, w_star=cfg.train.w_star)
+            (self.run_dir / "credit.json").write_text(json.dumps(table, indent=1))
+            plot_credit(table, str(self.run_dir / "credit.png"))
+        if self.start_epoch == 0 and self.dist.is_main:
+            ev = self.evaluate(0)
+            self.log({"epoch": 0, **ev})
+            self._summary(0, ev)
+        self.dist.barrier()
+        try:
+            for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
+                record = self.train_epoch(epoch)
+                if self.dist.is_main and (epoch == cfg.epochs or (cfg.eval.every and epoch % cfg.eval.every == 0)):
+                    record.update(self.evaluate(epoch))
+                self.log(record)
+                self._summary(epoch, record)
+                if epoch == cfg.epochs or epoch % cfg.checkpoint.every == 0:
+                    self.save(epoch)
+                    self._plot_curves()
+                self.dist.barrier()
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+        self._save_final()
+        return self.read_metrics()
+
+    def train_epoch(self, epoch: int) -> dict:
+        t0 = time.perf_counter()
+        ro, prompts, keys = self.rollout(epoch)
+        t1 = time.perf_counter()
+        rewards_local = self.reward_fn(ro.images, ro.prompts).float()
+        t2 = time.perf_counter()
+        bad_reward = self.dist.any(not bool(torch.isfinite(rewards_local).all()), self.device)
+        rewards, adv = self.compute_advantages(torch.nan_to_num(rewards_local, nan=0.0, posinf=0.0, neginf=0.0),
+                                               keys, prompts)
+        if bad_reward:
+            self._nonfinite("reward")
+            upd = {"updates_skipped": 1}
+        else:
+            upd = self.update(ro, adv, epoch)
+        t3 = time.perf_counter()
+        record = {
+            "epoch": epoch,
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "adv_abs_mean": float(adv.abs().mean()),
+            **upd,
+            "nonfinite_total": self.nonfinite_total,
+            "time_rollout_s": t1 - t0,
+            "time_reward_s": t2 - t1,
+            "time_update_s": t3 - t2,
+            "time_s": t3 - t0,
+        }
+        if self.cfg.log.per_sample:
+            record["rewards"] = rewards.tolist()
+            record["advantages"] = self.dist.all_gather_cat(adv.to(self.device)).cpu().tolist()
+            record["group_keys"] = list(keys)
+        if self.dist.enabled:  # every rank must hold the same weights after the all-reduced update
+            checksum = torch.stack([p.detach().double().sum() for p in self.params]).sum().view(1).to(self.device)
+            sums = self.dist.all_gather_cat(checksum)
+            record["params_rank_spread"] = float(sums.max() - sums.min())
+        return record
+
+    def _summary(self, epoch: int, r: dict) -> None:
+        if not self.dist.is_main:
+            return
+        parts = [f"epoch {epoch:4d}"]
+        for k, fmt in (("reward_mean", "reward {:.4f}"), ("eval_reward_mean", "eval {:.4f}"),
+                       ("clipfrac", "clip {:.3f}"), ("loss", "loss {:.3g}"), ("gold_accuracy", "acc {:.3f}"),
+                       ("time_s", "{:.1f}s")):
+            v = r.get(k)
+            if isinstance(v, (int, float)) and v is not None:
+                parts.append(fmt.format(v))
+        print(" | ".join(parts), flush=True)
+
+    def _plot_curves(self) -> None:
+        if not self.dist.is_main:
+            return
+        from ..plots import plot_training
+
+        plot_training(self.read_metrics(), str(self.run_dir / "curves.png"))
+
+    def _save_final(self) -> None:
+        if not self.dist.is_main:
+            return
+        save = getattr(self.adapter, "save_trained", None)
+        if save is not None:
+            save(self.run_dir / "final")
+        else:
+            from safetensors.torch import save_file
+
+            out = self.run_dir / "final"
+            out.mkdir(exist_ok=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.adapter.trainable_state_dict().items()},
+                      str(out / "model.safetensors"))
+

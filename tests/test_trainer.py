@@ -204,16 +204,22 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
 
 # ------------------------------------------------------------------ torchrun, 2 processes
 
-def test_torchrun_two_processes_match_single_process_advantages(tmp_path):
-    out = tmp_path / "dist"
+def _torchrun(out, *extra):
     args = ["train", "--out", str(out), "--set", "epochs=2", "--set", "log.per_sample=true",
-            "--set", "train.minibatch_size=8"]
-    for b in BASE:
+            "--set", "train.minibatch_size=8", "--set", "train.lr=3e-3"]
+    for b in BASE + list(extra):
         args += ["--set", b]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "micro_run.py")] + args
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_torchrun_two_processes_match_single_process_advantages(tmp_path):
+    out = tmp_path / "dist"
+    res = _torchrun(out)
+    assert res.stdout.count("run directory:") == 1  # rank 0 speaks
     recs = [r for r in _metrics(out) if r["epoch"] > 0]
     assert len(recs) == 2
     for r in recs:
@@ -225,3 +231,15 @@ def test_torchrun_two_processes_match_single_process_advantages(tmp_path):
         assert not torch.allclose(rewards[:4], rewards[4:8])
         assert r["params_rank_spread"] == 0.0
     assert not math.isnan(recs[-1]["loss"])
+
+
+def test_fsdp_equals_ddp(tmp_path):
+    """FSDP (fully_shard, gloo on CPU) trains the same weights as the all-reduce (DDP) path."""
+    _torchrun(tmp_path / "ddp", "distributed=ddp")
+    _torchrun(tmp_path / "fsdp", "distributed=fsdp")
+    a, b = _weights(tmp_path / "ddp"), _weights(tmp_path / "fsdp")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    rewards = [[r["reward_mean"] for r in _metrics(d) if "reward_mean" in r] for d in (tmp_path / "ddp", tmp_path / "fsdp")]
+    assert len(rewards[0]) == 2 and rewards[0] == pytest.approx(rewards[1], rel=1e-5)

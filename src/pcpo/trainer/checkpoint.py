@@ -44,8 +44,9 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
+def optimizer_to_flat(opt: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state (an optimizer or its state dict) → (tensors, JSON metadata)."""
+    sd = opt.state_dict() if isinstance(opt, torch.optim.Optimizer) else opt
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
         for name, v in st.items():
@@ -53,18 +54,22 @@ def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
                 tensors[f"state.{pid}.{name}"] = v
             else:
                 scalars[f"{pid}.{name}"] = v
-    meta = {"param_groups": sd["param_groups"], "scalars": scalars}
+    keyed_by_name = any(not isinstance(pid, int) for pid in sd["state"])
+    meta = {"param_groups": sd["param_groups"], "scalars": scalars, "keyed_by_name": keyed_by_name}
     return tensors, meta
 
 
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
+    # Plain optimizers key their state by parameter index; FSDP's full state dict by parameter name
+    # (which contains dots), so the name of the state entry is the last dotted component.
+    by_name = meta.get("keyed_by_name", False)
+    state: dict = {}
     for key, v in tensors.items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = v
+        pid, name = key[len("state."):].rsplit(".", 1)
+        state.setdefault(pid if by_name else int(pid), {})[name] = v
     for key, v in meta.get("scalars", {}).items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
+        pid, name = key.rsplit(".", 1)
+        state.setdefault(pid if by_name else int(pid), {})[name] = v
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
@@ -103,7 +108,7 @@ def save_checkpoint(
     run_dir: Path,
     epoch: int,
     model_state: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict,
     state: dict,
     keep_last: int,
 ) -> Path:

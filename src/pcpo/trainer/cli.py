@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -25,6 +26,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
 
+def _say(msg: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(msg, flush=True)
+
+
 def run_train(args: argparse.Namespace) -> int:
     import yaml
 
@@ -36,7 +42,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise ValueError("--resume: give only the run directory (its config.yaml is used); "
                              "change values with --set")
         trainer = Trainer.resume(args.resume, overrides=args.overrides)
-        print(f"resuming {args.resume} after epoch {trainer.start_epoch}", flush=True)
+        _say(f"resuming {args.resume} after epoch {trainer.start_epoch}")
         trainer.train()
         return 0
     cfg = load_config(args.config, args.overrides)
@@ -45,7 +51,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     out = args.out or str(Path("runs") / f"{Path(args.config or 'default').stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     trainer = Trainer(cfg, out)
-    print(f"run directory: {out}", flush=True)
+    _say(f"run directory: {out}")
     trainer.train()
-    print(f"done: {out} (metrics.jsonl, curves.png, images/, tb/, checkpoints/)", flush=True)
+    _say(f"done: {out} (metrics.jsonl, curves.png, images/, tb/, checkpoints/)")
     return 0

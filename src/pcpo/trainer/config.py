@@ -45,7 +45,11 @@ class ModelConfig:
                        factory=dict)
 
     def spec(self) -> dict:
-        spec = {k: v for k, v in dataclasses.asdict(self).items() if k != "options" and v is not None}
+        """The loader's spec: family plus every field set away from its default, plus ``options``."""
+        defaults = ModelConfig.__new__(ModelConfig)
+        defaults.__init__()
+        spec = {k: v for k, v in dataclasses.asdict(self).items()
+                if k != "options" and (k == "family" or v != getattr(defaults, k))}
         spec.update(self.options)
         return spec
 

@@ -159,6 +159,14 @@ class Trainer:
             **({"buffer_size": cfg.train.tracker_buffer, "min_count": cfg.train.tracker_min_count}
                if cfg.train.advantage == "per_prompt_tracker" else {}),
         )
+        self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"
+        if self.fsdp:
+            if cfg.train.kl_beta > 0 and not self._has_reference():
+                raise ConfigError("train.kl_beta: with distributed=fsdp the KL reference must be the LoRA-off "
+                                  "model (set model.lora) or train.kl_beta=0")
+            from torch.distributed.fsdp import fully_shard
+
+            fully_shard(self.adapter.denoiser)
         params = list(self.adapter.trainable_parameters())
         if not params:
             raise ConfigError("model: no trainable parameters (LoRA targets matched nothing?)")
@@ -166,14 +174,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
                                            eps=cfg.train.adam_eps, weight_decay=cfg.train.weight_decay)
         self.ref_adapter = None
-        if cfg.train.kl_beta > 0:
-            try:
-                with self.adapter.reference():
-                    pass
-            except NotImplementedError:
-                self.ref_adapter = copy.deepcopy(self.adapter)
-                for p in self.ref_adapter.denoiser.parameters():
-                    p.requires_grad_(False)
+        if cfg.train.kl_beta > 0 and not self._has_reference():
+            self.ref_adapter = copy.deepcopy(self.adapter)
+            for p in self.ref_adapter.denoiser.parameters():
+                p.requires_grad_(False)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.mixed_precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.mixed_precision == "fp16" else None
         self.start_epoch = 0
@@ -184,6 +188,13 @@ class Trainer:
         self.wandb = None
 
     # ---- construction ---------------------------------------------------------------------
+    def _has_reference(self) -> bool:
+        try:
+            with self.adapter.reference():
+                return True
+        except NotImplementedError:
+            return False
+
     def _validate_layout(self) -> None:
         cfg, w = self.cfg, self.dist.world_size
         total = cfg.data.prompts_per_epoch * cfg.data.group_size
@@ -256,8 +267,19 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         model, opt, rng, payload = load_checkpoint(path)
-        self.adapter.load_trainable_state_dict({k: v.to(self.device) for k, v in model.items()})
-        self.optimizer.load_state_dict(opt)
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(self.adapter.denoiser, model, options=opts)
+            set_optimizer_state_dict(self.adapter.denoiser, self.optimizer, opt, options=opts)
+        else:
+            self.adapter.load_trainable_state_dict({k: v.to(self.device) for k, v in model.items()})
+            self.optimizer.load_state_dict(opt)
         set_rng_state(rng, payload["rng"])
         self.advantage.load_state_dict(payload.get("advantage", {}))
         self.nonfinite_streak = payload.get("nonfinite_streak", 0)
@@ -275,7 +297,27 @@ class Trainer:
         tmp.write_text("".join(ln + "\n" for ln in keep))
         os.replace(tmp, self.metrics_path)
 
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        """Trained weights, full (gathered) under FSDP: every rank must call this."""
+        if not self.fsdp:
+            return self.adapter.trainable_state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.adapter.denoiser,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        trainable = self.adapter.trainable_state_dict().keys()
+        return {k: v for k, v in full.items() if k in trainable}
+
+    def _optimizer_state(self) -> dict:
+        if not self.fsdp:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.adapter.denoiser, self.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def save(self, epoch: int) -> None:
+        model_state, opt_state = self._model_state(), self._optimizer_state()
         if not self.dist.is_main:
             return
         state = {
@@ -284,8 +326,7 @@ class Trainer:
             "nonfinite_total": self.nonfinite_total,
             "sampler": self.sampler.describe(),
         }
-        save_checkpoint(self.run_dir, epoch, self.adapter.trainable_state_dict(), self.optimizer, state,
-                        keep_last=self.cfg.checkpoint.keep_last)
+        save_checkpoint(self.run_dir, epoch, model_state, opt_state, state, keep_last=self.cfg.checkpoint.keep_last)
 
     # ---- forward ----------------------------------------------------------------------------
     def _autocast(self):
@@ -446,12 +487,12 @@ class Trainer:
                     skipped += 1
                     self._nonfinite("loss")
                 else:
-                    grads = [p.grad for p in self.params if p.grad is not None]
-                    self.dist.all_reduce_mean_(grads)
+                    if not self.fsdp:  # FSDP reduce-scatters gradients in backward
+                        self.dist.all_reduce_mean_([p.grad for p in self.params if p.grad is not None])
                     if self.scaler is not None:
                         self.scaler.unscale_(self.optimizer)
                     gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-                    agg["grad_norm"].append(float(gn))
+                    agg["grad_norm"].append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))
                     if self.scaler is not None:
                         self.scaler.step(self.optimizer)
                         self.scaler.update()
@@ -523,7 +564,7 @@ class Trainer:
                 out[f"eval_{name}"] = float(v.float().mean())
         if cfg.gold and self.cfg.model.family.startswith("toy"):
             out.update(self._gold(images, prompts))
-        if cfg.grid:
+        if cfg.grid and self.dist.is_main:
             from ..viz import save_grid
 
             grid_dir = self.run_dir / "images"
@@ -596,7 +637,7 @@ class Trainer:
             table = credit_table(self.sampler, w_star=cfg.train.w_star)
             (self.run_dir / "credit.json").write_text(json.dumps(table, indent=1))
             plot_credit(table, str(self.run_dir / "credit.png"))
-        if self.start_epoch == 0 and self.dist.is_main:
+        if self.start_epoch == 0 and (self.dist.is_main or self.fsdp):
             ev = self.evaluate(0)
             self.log({"epoch": 0, **ev})
             self._summary(0, ev)
@@ -604,7 +645,8 @@ class Trainer:
         try:
             for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
                 record = self.train_epoch(epoch)
-                if self.dist.is_main and (epoch == cfg.epochs or (cfg.eval.every and epoch % cfg.eval.every == 0)):
+                if (self.dist.is_main or self.fsdp) and (
+                        epoch == cfg.epochs or (cfg.eval.every and epoch % cfg.eval.every == 0)):
                     record.update(self.evaluate(epoch))
                 self.log(record)
                 self._summary(epoch, record)
@@ -651,7 +693,7 @@ class Trainer:
             record["rewards"] = rewards.tolist()
             record["advantages"] = self.dist.all_gather_cat(adv.to(self.device)).cpu().tolist()
             record["group_keys"] = list(keys)
-        if self.dist.enabled:  # every rank must hold the same weights after the all-reduced update
+        if self.dist.enabled and not self.fsdp:  # every rank must hold the same weights after the all-reduced update
             checksum = torch.stack([p.detach().double().sum() for p in self.params]).sum().view(1).to(self.device)
             sums = self.dist.all_gather_cat(checksum)
             record["params_rank_spread"] = float(sums.max() - sums.min())
@@ -677,16 +719,16 @@ class Trainer:
         plot_training(self.read_metrics(), str(self.run_dir / "curves.png"))
 
     def _save_final(self) -> None:
+        state = self._model_state()
         if not self.dist.is_main:
             return
         save = getattr(self.adapter, "save_trained", None)
-        if save is not None:
+        if save is not None and not self.fsdp:
             save(self.run_dir / "final")
         else:
             from safetensors.torch import save_file
 
             out = self.run_dir / "final"
             out.mkdir(exist_ok=True)
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.adapter.trainable_state_dict().items()},
-                      str(out / "model.safetensors"))
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / "model.safetensors"))
 

@@ -243,3 +243,10 @@ def test_fsdp_equals_ddp(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     rewards = [[r["reward_mean"] for r in _metrics(d) if "reward_mean" in r] for d in (tmp_path / "ddp", tmp_path / "fsdp")]
     assert len(rewards[0]) == 2 and rewards[0] == pytest.approx(rewards[1], rel=1e-5)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    c = cfg("epochs=3", "train.mixed_precision=bf16", "train.lr=3e-3", "eval.every=0")
+    recs = [r for r in Trainer(c, tmp_path / "run").train() if "reward_mean" in r]
+    assert all(math.isfinite(r["loss"]) and r["updates_skipped"] == 0 for r in recs)
+    assert recs[-1]["reward_mean"] > recs[0]["reward_mean"] + 0.1

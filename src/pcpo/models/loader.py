@@ -25,7 +25,9 @@ MODEL_FAMILIES: dict[str, ModelFactory | str] = {
     "sdxl": "pcpo.models.sd:SDXLAdapter.from_spec",
     "sd3": "pcpo.models.sd3:SD3Adapter.from_spec",
     "flux": "pcpo.models.flux:FluxAdapter.from_spec",
-    # embedded toy world (pcpo.models.toy): add "toy-flow" / "toy-ddpm" here
+    # embedded toy world (pcpo.models.toy)
+    "toy-flow": "pcpo.models.toy:ToyFlowAdapter.from_spec",
+    "toy-ddpm": "pcpo.models.toy:ToyDDPMAdapter.from_spec",
 }
 
 FAMILY_ALIASES = {"sd1": "sd", "sd15": "sd", "sd2": "sd", "sd35": "sd3", "flux1": "flux"}

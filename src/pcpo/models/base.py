@@ -104,20 +104,42 @@ class ModelAdapter(ABC):
         self.denoiser.to(device)
         return self
 
+    # LoRA: adapters that attach one (pcpo.models.lora.add_lora) set ``lora_spec``; everything below then
+    # treats the LoRA weights as the trained part and the LoRA-off model as the reference.
+    lora_spec = None
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora_spec is not None
+
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
         """Context in which ``predict`` gives the reference (base) model: LoRA adapters disabled.
 
-        Adapters without LoRA raise; the trainer then keeps a frozen copy instead.
+        Adapters without LoRA raise ``NotImplementedError``; the trainer then keeps a frozen copy instead.
         """
-        raise NotImplementedError(f"{type(self).__name__}: no built-in reference (LoRA is off)")
-        yield  # pragma: no cover
+        if not self.uses_lora:
+            raise NotImplementedError(f"{type(self).__name__}: no built-in reference (LoRA is off)")
+        self.denoiser.disable_adapters()
+        try:
+            yield
+        finally:
+            self.denoiser.enable_adapters()
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must store for the trained part (LoRA weights or the full denoiser)."""
-        return {k: v for k, v in self.denoiser.state_dict().items()}
+        if self.uses_lora:
+            from .lora import lora_state_dict
+
+            return lora_state_dict(self.denoiser)
+        return {k: v.detach().clone() for k, v in self.denoiser.state_dict().items()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.uses_lora:
+            from .lora import load_lora_state_dict
+
+            load_lora_state_dict(self.denoiser, state)
+            return
         missing, unexpected = self.denoiser.load_state_dict(state, strict=False)
         if unexpected:
             raise ValueError(f"unexpected keys in trained weights: {sorted(unexpected)[:5]}")

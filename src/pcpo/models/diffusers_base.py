@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from .base import Conditioning, ModelAdapter
-from .lora import LoraSpec, add_lora, load_lora_state_dict, lora_state_dict, save_lora_for_pipeline
+from .lora import LoraSpec, add_lora, save_lora_for_pipeline
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -335,10 +335,6 @@ class DiffusersAdapter(ModelAdapter):
 
     # ---- training ------------------------------------------------------------------------------
     @property
-    def uses_lora(self) -> bool:
-        return self.lora_spec is not None
-
-    @property
     def device(self) -> torch.device:
         return self.vae.device
 
@@ -348,27 +344,6 @@ class DiffusersAdapter(ModelAdapter):
         if self._uncond is not None:
             self._uncond = {k: v.to(device) for k, v in self._uncond.items()}
         return self
-
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        if not self.uses_lora:
-            raise NotImplementedError(f"{type(self).__name__}: no built-in reference (LoRA is off)")
-        self.denoiser.disable_adapters()
-        try:
-            yield
-        finally:
-            self.denoiser.enable_adapters()
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        if self.uses_lora:
-            return lora_state_dict(self.denoiser)
-        return {k: v.detach().clone() for k, v in self.denoiser.state_dict().items()}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if self.uses_lora:
-            load_lora_state_dict(self.denoiser, state)
-        else:
-            super().load_trainable_state_dict(state)
 
     def save_trained(self, directory: str | os.PathLike) -> None:
         """LoRA: ``pytorch_lora_weights.safetensors`` loadable by ``<Pipeline>.load_lora_weights(directory)``;

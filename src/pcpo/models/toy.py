@@ -18,9 +18,8 @@ conditional and unconditional rows in one batched forward: ``p = p_u + s (p_c - 
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -193,40 +192,12 @@ class ToyAdapter(ModelAdapter):
         return data.from_model(x.float())
 
     # ---- training --------------------------------------------------------------------------
-    @property
-    def uses_lora(self) -> bool:
-        return self.lora_spec is not None
-
     def to(self, device: torch.device | str) -> ToyAdapter:
         self.denoiser.to(device)
         self.text_encoder.to(device)
         self._uncond = None
         return self
 
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        if not self.uses_lora:
-            raise NotImplementedError(f"{type(self).__name__}: no built-in reference (LoRA is off)")
-        self.denoiser.disable_adapters()
-        try:
-            yield
-        finally:
-            self.denoiser.enable_adapters()
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        if self.uses_lora:
-            from pcpo.models.lora import lora_state_dict
-
-            return lora_state_dict(self.denoiser)
-        return {k: v.detach().clone() for k, v in self.denoiser.state_dict().items()}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if self.uses_lora:
-            from pcpo.models.lora import load_lora_state_dict
-
-            load_lora_state_dict(self.denoiser, state)
-        else:
-            super().load_trainable_state_dict(state)
 
     def describe(self) -> dict:
         tr = self.config.get("training", {})

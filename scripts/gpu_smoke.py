@@ -147,6 +147,7 @@ def main(argv=None) -> int:
         "eval.images_per_prompt=1", "eval.gold=false", "log.progress=false", "log.tensorboard=false",
         f"sampler.steps={steps}", f"sampler.guidance_scale={guidance}", f"sampler.rollout_batch={2 * args.group}",
         f"train.objective={args.objective}", "train.lr=1e-4", f"train.micro_batch={2 * args.group}",
+        "train.minibatch_size=0", "train.advantage=group",
         *sampler_overrides,
     ]
     cfg = load_config(None, overrides)

@@ -31,7 +31,7 @@ def run_one_iteration(tiny_pipelines, tmp_path, family: str, mode: str):
         "data.eval_prompts=[a red cat]", "data.prompts_per_epoch=2", "data.group_size=2", "epochs=1",
         "eval.every=0", "eval.images_per_prompt=1", "eval.gold=false", "log.progress=false",
         "log.tensorboard=false", "sampler.steps=3", "train.lr=1e-2", "train.clip_range=1.0",
-        "train.objective=pcpo", "train.max_grad_norm=0",
+        "train.objective=pcpo", "train.max_grad_norm=0", "train.minibatch_size=0", "train.advantage=group",
         *SAMPLERS[family],
     ]
     if mode == "lora":

@@ -28,6 +28,8 @@ BASE = [
     "model.family=micro-flow", "reward.name=redness", "eval.gold=false", "log.progress=false",
     "data.prompts=[a red cat, a blue dog]", "data.eval_prompts=[a red cat]", "data.group_size=8",
     "data.prompts_per_epoch=2", "eval.images_per_prompt=2", "log.tensorboard=false",
+    # pinned here so that changes to the shipped default config do not change these mechanics tests
+    "train.advantage=group", "train.minibatch_size=0", "train.lr=1e-4", "sampler.guidance_scale=3.0",
 ]
 
 

@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 
-# (module, function) pairs that add subcommands; a missing optional module is skipped.
+# (module, function) pairs that add subcommands.
 _SUBCOMMANDS = [
     ("pcpo.cli", "add_credit_parser"),
     ("pcpo.trainer.cli", "add_train_parser"),
@@ -77,15 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pcpo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module, fn in _SUBCOMMANDS:
-        try:
-            mod = sys.modules[__name__] if module == __name__ else importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                continue
-            raise
-        add = getattr(mod, fn, None)
-        if add is not None:  # TODO(lead): make strict once every subcommand module has landed
-            add(sub)
+        mod = sys.modules[__name__] if module == __name__ else importlib.import_module(module)
+        getattr(mod, fn)(sub)
     return parser
 
 

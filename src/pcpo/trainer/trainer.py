@@ -574,12 +574,20 @@ class Trainer:
         return out
 
     def _gold(self, images, prompts) -> dict:
-        try:
-            from ..eval.metrics import GoldMetrics
-        except ImportError:
+        """Gold metrics of the embedded world; a missing classifier disables them with one warning."""
+        if getattr(self, "_gold_metrics", None) is False:
             return {}
         if not hasattr(self, "_gold_metrics"):
-            self._gold_metrics = GoldMetrics(device=self.device)
+            from ..eval.metrics import GoldMetrics
+            from ..world.errors import WeightsError
+
+            try:
+                self._gold_metrics = GoldMetrics(device=self.device)
+                return {f"gold_{k}": v for k, v in self._gold_metrics(images, prompts).items()}
+            except WeightsError as e:
+                print(f"warning: gold metrics disabled: {e}", file=sys.stderr)
+                self._gold_metrics = False
+                return {}
         return {f"gold_{k}": v for k, v in self._gold_metrics(images, prompts).items()}
 
     # ---- logging ----------------------------------------------------------------------------

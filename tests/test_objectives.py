@@ -12,6 +12,7 @@ from pcpo.objectives import (
     kl_penalty,
     log_hinge_loss,
     pcpo_loss,
+    zero_grad_mask,
 )
 from pcpo.samplers import DDIMSampler, FlowSampler, build_sampler
 
@@ -158,3 +159,23 @@ def test_per_step_metrics():
     assert m["clipfrac_per_step"][:3] == [0.0, 1.0, 1.0]
     assert m["abs_log_ratio_per_step"][1] == pytest.approx(0.3)
     assert m["clipfrac_per_step"][3] != m["clipfrac_per_step"][3]  # NaN: no data for step 3
+
+
+def test_zero_grad_fraction_is_like_for_like():
+    """Clipped PPO has no gradient only on the advantage's side; its logged clipfrac counts both sides."""
+    xi = 0.1
+    lr = torch.log(torch.tensor([1.2, 0.8, 1.2, 0.8, 1.05]))
+    A = torch.tensor([1.0, 1.0, -1.0, -1.0, 1.0])
+    zg = zero_grad_mask("clipped", lr, A, xi)
+    assert zg.tolist() == [True, False, False, True, False]
+    _, m = clipped_ratio_loss(lr, A, clip_range=xi)
+    assert m["clipfrac"] == pytest.approx(0.8) and m["zero_grad_frac"] == pytest.approx(0.4)
+    # the gradient really is zero exactly where the mask says
+    x = lr.clone().requires_grad_()
+    clipped_ratio_loss(x, A, clip_range=xi)[0].backward()
+    assert ((x.grad == 0) == zg).all()
+    y = lr.clone().requires_grad_()
+    loss, m = log_hinge_loss(y, A, clip_range=xi)
+    loss.backward()
+    assert ((y.grad == 0) == zero_grad_mask("log_hinge", lr, A, xi)).all()
+    assert m["zero_grad_frac"] == m["clipfrac"]

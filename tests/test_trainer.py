@@ -126,7 +126,7 @@ def test_reward_rises_on_micro_model(tmp_path):
               "final/model.safetensors"):
         assert (run / f).exists(), f
     rec = recs[-1]
-    for key in ("epoch", "reward_mean", "reward_std", "clipfrac", "loss", "time_s", "clipfrac_per_step",
+    for key in ("epoch", "reward_mean", "reward_std", "clipfrac", "zero_grad_frac", "loss", "time_s", "clipfrac_per_step",
                 "abs_log_ratio_per_step"):
         assert key in rec
     assert len(rec["clipfrac_per_step"]) == 10

@@ -67,12 +67,27 @@ def per_step_mean(values: torch.Tensor, step_index: torch.Tensor | None, num_ste
     return [float(x) if not math.isnan(x) else float("nan") for x in out.tolist()]
 
 
-def _metrics(log_ratio, clipped_mask, loss_terms, step_index, num_steps) -> dict:
+def zero_grad_mask(objective: str, log_ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """Pairs whose loss term is flat in log ρ (no gradient): comparable across objectives.
+
+    PPO clipped ratio: ``A > 0 and ρ > 1 + ξ`` or ``A < 0 and ρ < 1 − ξ``; log-hinge and PCPO:
+    ``A·log ρ ≥ ξ·|A|``. Pairs with ``A = 0`` are never counted.
+    """
+    lr, A = log_ratio.detach(), advantages.detach().to(log_ratio.dtype)
+    if objective == "clipped":
+        ratio = torch.exp(lr)
+        return ((A > 0) & (ratio > 1 + clip_range)) | ((A < 0) & (ratio < 1 - clip_range))
+    return (A * lr >= clip_range * A.abs()) & (A != 0)
+
+
+def _metrics(log_ratio, clipped_mask, loss_terms, step_index, num_steps, zero_grad=None) -> dict:
     lr = log_ratio.detach().double()
     clipped = clipped_mask.detach().double()
+    zg = clipped if zero_grad is None else zero_grad.detach().double()
     return {
         "loss": float(loss_terms.detach().mean()),
         "clipfrac": float(clipped.mean()),
+        "zero_grad_frac": float(zg.mean()),
         "abs_log_ratio": float(lr.abs().mean()),
         "approx_kl": float(0.5 * (lr**2).mean()),
         "ratio_mean": float(lr.exp().mean()),
@@ -103,8 +118,9 @@ def clipped_ratio_loss(
     unclipped = -A * ratio
     clipped = -A * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     terms = torch.maximum(unclipped, clipped)
-    mask = (ratio - 1.0).abs() > clip_range
-    return terms.mean(), _metrics(log_ratio, mask, terms, step_index, num_steps)
+    mask = (ratio - 1.0).abs() > clip_range  # the baselines' logged clipfrac (both sides)
+    zg = zero_grad_mask("clipped", log_ratio, advantages, clip_range)
+    return terms.mean(), _metrics(log_ratio, mask, terms, step_index, num_steps, zg)
 
 
 def _hinge(log_ratio, advantages, clip_range, step_index, num_steps):
@@ -112,7 +128,7 @@ def _hinge(log_ratio, advantages, clip_range, step_index, num_steps):
     A = advantages.to(log_ratio.dtype)
     terms = torch.clamp(clip_range * A.abs() - A * log_ratio, min=0.0)
     # "clipped" = the hinge is flat (no gradient), the analogue of PPO's clipped region.
-    mask = (A * log_ratio >= clip_range * A.abs()) & (A != 0)
+    mask = zero_grad_mask("log_hinge", log_ratio, advantages, clip_range)
     return terms.mean(), _metrics(log_ratio, mask, terms, step_index, num_steps)
 
 

@@ -30,7 +30,7 @@ from ..advantages import build_advantage
 from ..credit import credit_weights
 from ..logprob import log_ratio_from_terms, ratio_terms
 from ..models.base import ModelAdapter, cond_select
-from ..objectives import get_objective, kl_penalty
+from ..objectives import get_objective, kl_penalty, zero_grad_mask
 from ..samplers import DDIMSampler, FlowSampler, Sampler, build_sampler
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from .config import ConfigError, RunConfig, to_dict
@@ -413,7 +413,7 @@ class Trainer:
         adv = adv.to(self.device)
         agg: dict[str, list] = {"loss": [], "clipfrac": [], "abs_log_ratio": [], "approx_kl": [], "kl": [],
                                 "grad_norm": []}
-        step_stats = {k: torch.zeros(N, dtype=torch.float64) for k in ("clip", "abslr", "count", "grad")}
+        step_stats = {k: torch.zeros(N, dtype=torch.float64) for k in ("clip", "zero_grad", "abslr", "count")}
         first_abs_lr = None
         kl_first = None
         skipped = 0
@@ -476,6 +476,8 @@ class Trainer:
                         agg["approx_kl"].append(m["approx_kl"] * w)
                         flat = (self._clip_mask(log_ratio.detach(), adv[bi])).double().cpu()
                         step_stats["clip"].index_add_(0, s_idx, flat)
+                        zg = zero_grad_mask(self.objective.name, log_ratio, adv[bi], cfg.clip_range)
+                        step_stats["zero_grad"].index_add_(0, s_idx, zg.double().cpu())
                         step_stats["abslr"].index_add_(0, s_idx, native_lr.abs().double().cpu())
                         step_stats["count"].index_add_(0, s_idx, torch.ones(len(chunk), dtype=torch.float64))
                         mb_abs_lr_max = max(mb_abs_lr_max, float(native_lr.abs().max()))
@@ -516,6 +518,8 @@ class Trainer:
             "kl_first": kl_first,
             "grad_norm": sum(agg["grad_norm"]) / len(agg["grad_norm"]) if agg["grad_norm"] else float("nan"),
             "clipfrac_per_step": per_step(step_stats["clip"]),
+            "zero_grad_frac": float(step_stats["zero_grad"].sum() / step_stats["count"].sum().clamp(min=1)),
+            "zero_grad_frac_per_step": per_step(step_stats["zero_grad"]),
             "abs_log_ratio_per_step": per_step(step_stats["abslr"]),
             "log_ratio_before_update_max": first_abs_lr,
             "updates_skipped": skipped,
@@ -524,10 +528,12 @@ class Trainer:
         }
 
     def _clip_mask(self, log_ratio: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-        xi = self.cfg.train.clip_range
+        """The logged ``clipfrac``: the baselines' |ρ − 1| > ξ for the clipped ratio, the flat side otherwise.
+
+        ``zero_grad_frac`` (the flat side for every objective) is the like-for-like comparison."""
         if self.objective.name == "clipped":
-            return (torch.exp(log_ratio) - 1).abs() > xi
-        return (adv * log_ratio >= xi * adv.abs()) & (adv != 0)
+            return (torch.exp(log_ratio) - 1).abs() > self.cfg.train.clip_range
+        return zero_grad_mask(self.objective.name, log_ratio, adv, self.cfg.train.clip_range)
 
     def _nonfinite(self, what: str) -> None:
         self.nonfinite_streak += 1

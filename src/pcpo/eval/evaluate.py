@@ -15,20 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..trainer.config import RunConfig
-from ..trainer.trainer import resolve_prompts
+from ..trainer.trainer import build_run_reward, resolve_prompts
 from .runs import RunRef, eval_sampler, generate, load_base, load_trained, resolve_run
-
-
-def build_run_reward(cfg: RunConfig):
-    """The reward of a run (same construction as the trainer's)."""
-    from ..rewards.registry import WeightedSum, build_reward
-
-    r = cfg.reward
-    if r.weights:
-        return WeightedSum({name: (float(w), build_reward(name, **r.options.get(name, {})))
-                            for name, w in r.weights.items()})
-    return build_reward(r.name, **r.options)
 
 
 def reward_stats(reward_fn, images: torch.Tensor, prompts: list[str]) -> dict:

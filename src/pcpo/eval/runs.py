@@ -14,10 +14,10 @@ import torch
 import yaml
 
 from ..models.base import ModelAdapter
-from ..samplers import Sampler, build_sampler
+from ..samplers import Sampler
 from ..trainer.checkpoint import list_checkpoints
 from ..trainer.config import RunConfig, from_dict, validate
-from ..trainer.trainer import make_eval_sampler
+from ..trainer.trainer import build_run_sampler, make_eval_sampler
 
 
 @dataclass
@@ -90,28 +90,9 @@ def load_trained(ref: RunRef, device: str | torch.device = "cpu") -> ModelAdapte
     return adapter
 
 
-def has_reference(adapter: ModelAdapter) -> bool:
-    try:
-        with adapter.reference():
-            return True
-    except NotImplementedError:
-        return False
-
-
-def training_sampler(cfg: RunConfig, adapter: ModelAdapter) -> Sampler:
-    """The rollout sampler of a run (same construction as the trainer's)."""
-    s = cfg.sampler
-    if adapter.prediction_type == "flow":
-        return build_sampler(s.name if s.name != "ddim" else "flow-sde", s.steps, s.eta, shift=s.shift)
-    sched = dict(adapter.ddim_schedule())
-    sched.setdefault("prediction_type", adapter.prediction_type)
-    sched["spacing"] = s.spacing
-    return build_sampler("ddim", s.steps, s.eta, **sched)
-
-
 def eval_sampler(cfg: RunConfig, adapter: ModelAdapter, steps: int | None = None) -> Sampler:
     """The deterministic sampler (flow ODE / DDIM η = 0) the trainer evaluates with."""
-    return make_eval_sampler(training_sampler(cfg, adapter), steps or cfg.sampler.eval_steps)
+    return make_eval_sampler(build_run_sampler(cfg, adapter), steps or cfg.sampler.eval_steps)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from ..models.base import ModelAdapter
 from ..trainer.config import load_config
 from ..trainer.trainer import resolve_prompts
 from .irg import IRGAdapter, ReferenceView
-from .runs import eval_sampler, generate, has_reference, load_base, load_trained, resolve_run
+from .runs import eval_sampler, generate, load_base, load_trained, resolve_run
 
 
 def build_irg(run_paths: list[str], scales: list[float], device: str = "cpu") -> tuple[ModelAdapter, object]:
@@ -41,7 +41,7 @@ def build_irg(run_paths: list[str], scales: list[float], device: str = "cpu") ->
     trained = [load_trained(r, device) for r in refs]
     if len(trained) == 1 and scales[0] == 1.0:
         return trained[0], refs[0].cfg
-    base = ReferenceView(trained[0]) if has_reference(trained[0]) else load_base(refs[0].cfg, device)
+    base = ReferenceView(trained[0]) if trained[0].has_reference() else load_base(refs[0].cfg, device)
     return IRGAdapter(base, list(zip(trained, scales))), refs[0].cfg
 
 

@@ -126,6 +126,14 @@ class ModelAdapter(ABC):
         finally:
             self.denoiser.enable_adapters()
 
+    def has_reference(self) -> bool:
+        """Whether :meth:`reference` works (else a separate reference model is needed)."""
+        try:
+            with self.reference():
+                return True
+        except NotImplementedError:
+            return False
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must store for the trained part (LoRA weights or the full denoiser)."""
         if self.uses_lora:

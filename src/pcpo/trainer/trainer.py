@@ -100,10 +100,37 @@ def make_eval_sampler(sampler: Sampler, steps: int | None) -> Sampler:
     return FlowSampler(n, eta=0.0, noise="dance", shift=sampler.shift)
 
 
+def build_run_sampler(cfg: RunConfig, adapter: ModelAdapter) -> Sampler:
+    """The rollout sampler a run's config describes for ``adapter`` (flow SDEs or DDIM on its schedule)."""
+    s = cfg.sampler
+    if adapter.prediction_type == "flow":
+        if s.name == "ddim":
+            raise ConfigError(f"sampler.name: ddim needs a diffusion model, but model.family "
+                              f"{cfg.model.family!r} is a flow model; use dance-sde or flow-sde")
+        return build_sampler(s.name, s.steps, s.eta, shift=s.shift)
+    if s.name != "ddim":
+        raise ConfigError(f"sampler.name: {s.name} needs a flow model, but model.family "
+                          f"{cfg.model.family!r} is a diffusion model; use ddim")
+    sched = dict(adapter.ddim_schedule())
+    sched.setdefault("prediction_type", adapter.prediction_type)
+    sched["spacing"] = s.spacing
+    return build_sampler("ddim", s.steps, s.eta, **sched)
+
+
+def build_run_reward(cfg: RunConfig):
+    """The reward a run's config describes: one registered reward or a weighted sum."""
+    from ..rewards.registry import WeightedSum, build_reward
+
+    r = cfg.reward
+    if r.weights:
+        return WeightedSum({name: (float(w), build_reward(name, **r.options.get(name, {})))
+                            for name, w in r.weights.items()})
+    return build_reward(r.name, **r.options)
+
+
 @dataclass
 class Rollout:
     prompts: list[str]          # local prompts
-    keys: list[int]             # local group ids
     cond: dict                  # local conditioning
     states: torch.Tensor        # [B, N, ...] input state of each step
     noise: torch.Tensor         # [B, N, ...] z drawn at each step
@@ -140,7 +167,7 @@ class Trainer:
         # model, sampler, credit
         self.adapter = adapter if adapter is not None else self._load_model()
         self.adapter.denoiser.eval()  # no dropout: the log-ratio must be a function of the weights
-        self.sampler = self._build_sampler()
+        self.sampler = build_run_sampler(cfg, self.adapter)
         self.eval_sampler = make_eval_sampler(self.sampler, cfg.sampler.eval_steps)
         self.objective = get_objective(cfg.train.objective)
         self.credit_name = cfg.train.credit or self.objective.default_credit
@@ -153,7 +180,7 @@ class Trainer:
         self.dt = self.sampler.dt().float()
         self.eligible = [i for i in range(self.sampler.num_steps) if bool(self.sampler.stochastic[i])]
 
-        self.reward_fn = reward_fn if reward_fn is not None else self._build_reward()
+        self.reward_fn = reward_fn if reward_fn is not None else build_run_reward(cfg)
         self.advantage = build_advantage(
             cfg.train.advantage, adv_clip=cfg.train.adv_clip,
             **({"buffer_size": cfg.train.tracker_buffer, "min_count": cfg.train.tracker_min_count}
@@ -161,7 +188,7 @@ class Trainer:
         )
         self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"
         if self.fsdp:
-            if cfg.train.kl_beta > 0 and not self._has_reference():
+            if cfg.train.kl_beta > 0 and not self.adapter.has_reference():
                 raise ConfigError("train.kl_beta: with distributed=fsdp the KL reference must be the LoRA-off "
                                   "model (set model.lora) or train.kl_beta=0")
             from torch.distributed.fsdp import fully_shard
@@ -174,7 +201,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
                                            eps=cfg.train.adam_eps, weight_decay=cfg.train.weight_decay)
         self.ref_adapter = None
-        if cfg.train.kl_beta > 0 and not self._has_reference():
+        if cfg.train.kl_beta > 0 and not self.adapter.has_reference():
             self.ref_adapter = copy.deepcopy(self.adapter)
             for p in self.ref_adapter.denoiser.parameters():
                 p.requires_grad_(False)
@@ -188,13 +215,6 @@ class Trainer:
         self.wandb = None
 
     # ---- construction ---------------------------------------------------------------------
-    def _has_reference(self) -> bool:
-        try:
-            with self.adapter.reference():
-                return True
-        except NotImplementedError:
-            return False
-
     def _validate_layout(self) -> None:
         cfg, w = self.cfg, self.dist.world_size
         total = cfg.data.prompts_per_epoch * cfg.data.group_size
@@ -220,30 +240,6 @@ class Trainer:
         spec = self.cfg.model.spec()
         spec.setdefault("device", str(self.device))
         return load_model(spec).to(self.device)
-
-    def _build_sampler(self) -> Sampler:
-        s = self.cfg.sampler
-        if self.adapter.prediction_type == "flow":
-            if s.name == "ddim":
-                raise ConfigError(f"sampler.name: ddim needs a diffusion model, but model.family "
-                                  f"{self.cfg.model.family!r} is a flow model; use dance-sde or flow-sde")
-            return build_sampler(s.name, s.steps, s.eta, shift=s.shift)
-        if s.name != "ddim":
-            raise ConfigError(f"sampler.name: {s.name} needs a flow model, but model.family "
-                              f"{self.cfg.model.family!r} is a diffusion model; use ddim")
-        sched = dict(self.adapter.ddim_schedule())
-        sched.setdefault("prediction_type", self.adapter.prediction_type)
-        sched["spacing"] = s.spacing
-        return build_sampler("ddim", s.steps, s.eta, **sched)
-
-    def _build_reward(self):
-        from ..rewards.registry import WeightedSum, build_reward
-
-        r = self.cfg.reward
-        if r.weights:
-            return WeightedSum({name: (float(w), build_reward(name, **r.options.get(name, {})))
-                                for name, w in r.weights.items()})
-        return build_reward(r.name, **r.options)
 
     # ---- resume -----------------------------------------------------------------------------
     @classmethod
@@ -369,7 +365,7 @@ class Trainer:
             G = self.cfg.data.group_size
             x_all = x_all[::G].repeat_interleave(G, dim=0)
         x_local = x_all[sl]
-        local_prompts, local_keys = prompts[sl], keys[sl]
+        local_prompts = prompts[sl]
         cond = self.adapter.encode_prompts(local_prompts)
         gen = derived_generator(self.cfg.seed, "rollout", epoch, self.dist.rank, device=self.device)
         N, B = self.sampler.num_steps, len(local_prompts)
@@ -395,7 +391,7 @@ class Trainer:
             finals.append(x)
         bar.close()
         images = self.adapter.decode(torch.cat(finals)).float()
-        return Rollout(local_prompts, local_keys, cond, states, noise, preds, images), prompts, keys
+        return Rollout(local_prompts, cond, states, noise, preds, images), prompts, keys
 
     def compute_advantages(self, rewards_local: torch.Tensor, global_keys: list[int],
                            global_prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,3 +83,54 @@ def test_shipped_recipe_chains_two_stages(tmp_path, monkeypatch):
     assert not (tmp_path / "stage1").exists()
     with pytest.raises(ValueError, match="recipe single"):
         pretrain.main(["--model", "flow", "--steps", "5", "--out", str(tmp_path)])
+
+
+def test_shipped_recipe_chains_every_stage_with_its_own_settings(tmp_path, monkeypatch):
+    monkeypatch.setitem(
+        pretrain.SHIPPED_RECIPE,
+        "ddpm",
+        [
+            dict(steps=2, seed=0, batch_size=4),
+            dict(steps=2, seed=1, batch_size=4, lr_decay="linear"),
+            dict(steps=3, seed=2, batch_size=4, lr=3e-4, warmup=5, ema_decay=0.995, loss_weight="min-snr-5"),
+        ],
+    )
+    assert pretrain.main(["--model", "ddpm", "--out", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "config.json").read_text())["training"]
+    assert (rec["steps"], rec["seed"], rec["lr"], rec["warmup"], rec["ema_decay"]) == (3, 2, 3e-4, 5, 0.995)
+    assert rec["loss_weight"] == "min-snr-5"
+    assert rec["init_from"]["steps"] == 2 and rec["init_from"]["lr_decay"] == "linear"
+    assert rec["init_from"]["init_from"]["steps"] == 2 and rec["init_from"]["init_from"]["seed"] == 0
+    assert not (tmp_path / "stage1").exists() and not (tmp_path / "stage2").exists()
+
+
+def test_same_seed_gives_identical_weights(tmp_path):
+    """`pcpo pretrain-toy` is reproducible from its seed: two runs from scratch write the same bytes."""
+    from safetensors.torch import load_file
+
+    def run(out, seed):
+        args = ["--model", "ddpm", "--recipe", "single", "--steps", "3", "--batch-size", "4", "--seed", str(seed)]
+        assert pretrain.main(args + ["--loss-weight", "min-snr-5", "--out", str(out)]) == 0
+        return load_file(str(out / "model.safetensors"))
+
+    a, b, c = run(tmp_path / "a", 7), run(tmp_path / "b", 7), run(tmp_path / "c", 8)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_loss_weight_is_validated():
+    with pytest.raises(SystemExit):
+        pretrain.main(["--model", "ddpm", "--recipe", "single", "--loss-weight", "min-snr-x"])
+    with pytest.raises(ValueError, match="loss_weight: 'snr'"):
+        pretrain.pretrain("ddpm", steps=1, loss_weight="snr")
+
+
+def test_cpu_recipe_is_one_from_scratch_stage(tmp_path, monkeypatch):
+    assert pretrain.CPU_RECIPE["ddpm"][0]["loss_weight"] == "min-snr-1" and len(pretrain.CPU_RECIPE["flow"]) == 1
+    monkeypatch.setitem(pretrain.CPU_RECIPE, "ddpm", [{**pretrain.CPU_RECIPE["ddpm"][0], "steps": 2, "batch_size": 4}])
+    assert pretrain.main(["--model", "ddpm", "--recipe", "cpu", "--out", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "config.json").read_text())["training"]
+    assert rec["init_from"] is None and rec["steps"] == 2 and rec["loss_weight"] == "min-snr-1"
+    assert rec["rebuild"] == "pcpo pretrain-toy --model ddpm --recipe cpu --device cpu"
+    with pytest.raises(ValueError, match="--recipe cpu runs its recorded stages"):
+        pretrain.main(["--model", "ddpm", "--recipe", "cpu", "--steps", "5", "--out", str(tmp_path)])

@@ -3,8 +3,8 @@
 Each cell is one ordinary training run (``RUN_DIR = OUT/runs/<framework>-<objective>-s<seed>``) of the
 framework's shipped config (``ddpo``, ``ddpo-loghinge``, ``ddpo-pcpo``, ``dancegrpo``, ...), overridden only
 in ``seed``, ``epochs`` and the run directory, plus the bench file's ``set`` list (documented in the
-results). Runs execute in this process, one at a time, in seed-major order (every cell of seed 0 first),
-so a benchmark cut short still has complete seeds. Finished runs are skipped and partial ones resumed
+results). Runs execute in seed-major order (every cell of seed 0 first), so a benchmark cut short still has
+complete seeds: one at a time in this process, or ``workers`` at once in spawned worker processes. Finished runs are skipped and partial ones resumed
 with :meth:`Trainer.resume` when ``--resume`` is given; ``results.md``/``results.json`` and the plots are
 rewritten after every run.
 
@@ -74,6 +74,9 @@ class BenchSpec:
     configs: dict = field(default_factory=dict)             # {framework: {objective: config name or path}}
     notes: str = ""
     sensitivity: list = field(default_factory=list)         # extra target gains reported as a secondary table
+    workers: int = 1                                        # runs trained at once, each in its own process
+    imports: list = field(default_factory=list)             # "module" or "module:function", run in every run's
+                                                            # process first (registers custom models/rewards)
 
     def target_for(self, fw: str) -> float | None:
         if isinstance(self.target, dict):
@@ -110,6 +113,11 @@ def load_bench_spec(path: str | None, **cli) -> BenchSpec:
         raise ValueError(f"--seeds: must be >= 1, got {spec.seeds}")
     if spec.epochs < 1:
         raise ValueError(f"--epochs: must be >= 1, got {spec.epochs}")
+    if not isinstance(spec.workers, int) or spec.workers < 1:
+        raise ValueError(f"--workers: must be an integer >= 1, got {spec.workers!r}")
+    if not isinstance(spec.imports, list) or not all(isinstance(m, str) and m for m in spec.imports):
+        raise ValueError("imports: give a list of 'module' or 'module:function' strings")
+    _run_imports(spec.imports)
     if spec.target is None and spec.target_gain is None:
         raise ValueError("--target: give a target value (or target_gain in the bench file)")
     if spec.target is not None and spec.target_gain is not None:
@@ -155,7 +163,6 @@ def _finished(run_dir: Path, epochs: int) -> bool:
 
 def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print) -> None:
     from ..trainer.config import load_config
-    from ..trainer.trainer import Trainer
 
     runs_dir = out / "runs"
     existing = [p for p in runs_dir.iterdir() if p.is_dir()] if runs_dir.is_dir() else []
@@ -172,28 +179,94 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print) -> N
         if cfg.train.objective != obj:
             raise ValueError(f"bench: config {cfg_name!r} for {fw}/{obj} has train.objective={cfg.train.objective!r}")
         plans.append((fw, obj, seed, cfg_name, ov, cfg))
-    last_aggregate = time.time()
-    for k, (fw, obj, seed, cfg_name, _ov, cfg) in enumerate(plans):
+    todo = []
+    for k, (fw, obj, seed, cfg_name, ov, _cfg) in enumerate(plans):
         rd = runs_dir / run_name(fw, obj, seed)
         tag = f"[{k + 1}/{len(plans)}] {rd.name}"
         if _finished(rd, spec.epochs):
             log(f"{tag}: finished, skipped")
-            continue
-        t0 = time.time()
-        if (rd / "config.yaml").is_file():
-            log(f"{tag}: resuming")
-            trainer = Trainer.resume(rd, overrides=[f"epochs={spec.epochs}"])
         else:
-            log(f"{tag}: config {cfg_name or 'default (+ published settings)'}")
-            trainer = Trainer(cfg, rd)
-        trainer.train()
-        log(f"{tag}: done in {time.time() - t0:.0f}s")
-        if time.time() - last_aggregate > 60:  # partial results of a long benchmark, at most once a minute
-            last_aggregate = time.time()
+            todo.append((tag, cfg_name, ov, rd))
+    last_aggregate = [time.time()]
+
+    def after_run(tag: str) -> None:
+        if time.time() - last_aggregate[0] > 60:  # partial results of a long benchmark, at most once a minute
+            last_aggregate[0] = time.time()
             try:
                 aggregate(spec, out)
             except Exception as e:  # noqa: BLE001 - a plotting hiccup must not stop the matrix
                 log(f"{tag}: aggregation failed ({type(e).__name__}: {e}); continuing")
+
+    if spec.workers == 1:
+        for tag, cfg_name, ov, rd in todo:
+            log(f"{tag}: " + ("resuming" if (rd / "config.yaml").is_file()
+                              else f"config {cfg_name or 'default (+ published settings)'}"))
+            log(f"{tag}: done in {_train_cell(cfg_name, ov, str(rd), spec.epochs, tuple(spec.imports)):.0f}s")
+            after_run(tag)
+        return
+    # several runs at once, one process each (spawned: no forked torch/OpenMP state); a failed run stops
+    # the matrix after the runs in flight finish, and --resume continues it
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    log(f"{len(todo)} runs on {spec.workers} workers (set threads=1 in the runs' overrides on a small CPU)")
+    with ProcessPoolExecutor(max_workers=spec.workers, mp_context=mp.get_context("spawn")) as pool:
+        pending = {}
+        queue = list(todo)
+        failed = None
+        while queue or pending:
+            while queue and len(pending) < spec.workers and failed is None:
+                tag, cfg_name, ov, rd = queue.pop(0)
+                log(f"{tag}: started" + (" (resuming)" if (rd / "config.yaml").is_file() else ""))
+                pending[pool.submit(_train_cell, cfg_name, ov, str(rd), spec.epochs, tuple(spec.imports))] = tag
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                tag = pending.pop(fut)
+                try:
+                    log(f"{tag}: done in {fut.result():.0f}s")
+                except Exception as e:  # noqa: BLE001 - reported, then re-raised once the pool drains
+                    log(f"{tag}: failed ({type(e).__name__}: {e})")
+                    failed = failed or e
+                after_run(tag)
+        if failed is not None:
+            raise failed
+
+
+def _run_imports(imports: list[str]) -> None:
+    """Import each ``module`` (calling ``function`` for ``module:function``): custom model families and rewards."""
+    import importlib
+
+    for item in imports:
+        module, _, func = item.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"imports: cannot import {module!r} ({e}); put it on PYTHONPATH") from None
+        if func:
+            fn = getattr(mod, func, None)
+            if not callable(fn):
+                raise ValueError(f"imports: {module!r} has no function {func!r}")
+            fn()
+
+
+def _train_cell(
+    cfg_name: str | None, overrides: list[str], run_dir: str, epochs: int, imports: tuple = ()
+) -> float:
+    """Train (or resume) one cell of the matrix; returns the wall time. Top-level so worker processes can run it."""
+    from ..trainer.config import load_config
+    from ..trainer.trainer import Trainer
+
+    _run_imports(list(imports))
+    t0 = time.time()
+    rd = Path(run_dir)
+    if (rd / "config.yaml").is_file():
+        trainer = Trainer.resume(rd, overrides=[f"epochs={epochs}"])
+    else:
+        trainer = Trainer(load_config(cfg_name, overrides), rd)
+    trainer.train()
+    return time.time() - t0
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -237,7 +310,13 @@ def summarize_run(run_dir: Path, spec: BenchSpec, fw: str) -> dict:
         "time_per_epoch_s": sum(times) / len(times) if times else None,
         "clipfrac_mean": (sum(r["clipfrac"] for r in train if isinstance(r.get("clipfrac"), (int, float)))
                           / max(1, len(train))),
+        "zero_grad_frac_mean": _mean_key(train, "zero_grad_frac"),
     }
+
+
+def _mean_key(records: list[dict], key: str) -> float | None:
+    xs = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+    return sum(xs) / len(xs) if xs else None
 
 
 def aggregate(spec: BenchSpec, out: Path, command: str | None = None) -> dict:
@@ -253,13 +332,14 @@ def aggregate(spec: BenchSpec, out: Path, command: str | None = None) -> dict:
     curves: dict = {}
     train_curves: dict = {}
     clip_mats: dict = {}
+    zg_mats: dict = {}
     credit_tables: dict = {}
     for fw in spec.frameworks:
         results["summary"][fw] = {}
-        curves[fw], train_curves[fw], clip_mats[fw] = {}, {}, {}
+        curves[fw], train_curves[fw], clip_mats[fw], zg_mats[fw] = {}, {}, {}, {}
         for obj in spec.objectives:
             per_seed = []
-            ev_rows, tr_rows, mats = [], [], []
+            ev_rows, tr_rows, mats, zmats = [], [], [], []
             ev_epochs = tr_epochs = None
             for seed in range(spec.seeds):
                 rd = runs_dir / run_name(fw, obj, seed)
@@ -279,9 +359,11 @@ def aggregate(spec: BenchSpec, out: Path, command: str | None = None) -> dict:
                 if e and (tr_epochs is None or e == tr_epochs):
                     tr_epochs = e
                     tr_rows.append(v)
-                ep, mat = figures.step_matrix([r for r in recs if r.get("epoch", 0) > 0], "clipfrac_per_step")
-                if mat.size:
-                    mats.append((ep, mat))
+                trained = [r for r in recs if r.get("epoch", 0) > 0]
+                for key, acc in (("clipfrac_per_step", mats), ("zero_grad_frac_per_step", zmats)):
+                    ep, mat = figures.step_matrix(trained, key)
+                    if mat.size:
+                        acc.append((ep, mat))
                 if fw not in credit_tables and (rd / "credit.json").is_file():
                     credit_tables[fw] = json.loads((rd / "credit.json").read_text())
                 if not s.get("incomplete"):
@@ -290,13 +372,14 @@ def aggregate(spec: BenchSpec, out: Path, command: str | None = None) -> dict:
                 curves[fw][obj] = (ev_epochs, np.array(ev_rows))
             if tr_rows:
                 train_curves[fw][obj] = (tr_epochs, np.array(tr_rows))
-            if mats:
-                import warnings
+            for acc, target_mats in ((mats, clip_mats), (zmats, zg_mats)):
+                if acc:
+                    import warnings
 
-                n = min(m.shape[0] for _, m in mats)
-                with warnings.catch_warnings():  # untrained steps are NaN in every seed
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    clip_mats[fw][obj] = (mats[0][0][:n], np.nanmean(np.stack([m[:n] for _, m in mats]), axis=0))
+                    n = min(m.shape[0] for _, m in acc)
+                    with warnings.catch_warnings():  # untrained steps are NaN in every seed
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        target_mats[fw][obj] = (acc[0][0][:n], np.nanmean(np.stack([m[:n] for _, m in acc]), axis=0))
             if per_seed:
                 vals, n_cens = stats.censored([s["epochs_to_target"] for s in per_seed], spec.epochs)
                 m, lo, hi = stats.t_interval(vals)
@@ -314,6 +397,9 @@ def aggregate(spec: BenchSpec, out: Path, command: str | None = None) -> dict:
                     "mean_gain": stats.t_interval(gains) if gains else None,
                     "time_per_epoch_s": float(np.mean([s["time_per_epoch_s"] or np.nan for s in per_seed])),
                     "clipfrac_mean": float(np.mean([s["clipfrac_mean"] for s in per_seed])),
+                    "zero_grad_frac_mean": (float(np.mean(zg)) if (zg := [s["zero_grad_frac_mean"] for s in per_seed
+                                                                          if s.get("zero_grad_frac_mean") is not None])
+                                            else None),
                 }
         summ = results["summary"][fw]
         for base in ("clipped", "log_hinge"):
@@ -345,6 +431,16 @@ def aggregate(spec: BenchSpec, out: Path, command: str | None = None) -> dict:
         fig = figures.fig_bench_step_profile({FRAMEWORK_LABELS.get(k, k): v for k, v in clip_mats.items() if v})
         (out / "clipfrac_per_step.png").write_bytes(figures.to_png(fig, dpi=80))
         plots["clipfrac_per_step"] = "clipfrac_per_step.png"
+    if any(zg_mats.values()):
+        fig = figures.fig_bench_heatmaps({k: v for k, v in zg_mats.items() if v},
+                                         "zero-gradient fraction per sampling step (flat side of each loss; "
+                                         "mean over seeds)", "zero-grad fraction")
+        (out / "zero_grad_heatmaps.png").write_bytes(figures.to_png(fig, dpi=70))
+        plots["zero_grad_heatmaps"] = "zero_grad_heatmaps.png"
+        fig = figures.fig_bench_step_profile({FRAMEWORK_LABELS.get(k, k): v for k, v in zg_mats.items() if v},
+                                             ylabel="zero-gradient fraction (mean over epochs and seeds)")
+        (out / "zero_grad_per_step.png").write_bytes(figures.to_png(fig, dpi=80))
+        plots["zero_grad_per_step"] = "zero_grad_per_step.png"
     if credit_tables:
         fig = figures.fig_bench_credit({FRAMEWORK_LABELS.get(k, k): v for k, v in credit_tables.items()})
         (out / "credit.png").write_bytes(figures.to_png(fig, dpi=80))
@@ -463,8 +559,9 @@ def results_markdown(results: dict, spec: BenchSpec) -> str:
     if spec.notes:
         lines += [spec.notes.strip(), ""]
     lines += ["## Epochs to target (mean [95 % t-interval] over seeds)", "",
-              "| framework | objective | n | epochs to target | censored | final held-out reward | mean gain over run | s/epoch | mean clip frac |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| framework | objective | n | epochs to target | censored | final held-out reward | mean gain over run | s/epoch "
+              "| mean clip frac | mean zero-grad frac |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for fw, summ in results["summary"].items():
         for obj in spec.objectives:
             s = summ.get(obj)
@@ -472,8 +569,13 @@ def results_markdown(results: dict, spec: BenchSpec) -> str:
                 continue
             lines.append(f"| {fw} | {obj} | {s['n']} | {_ci((s['ett_mean'], *s['ett_ci']))} | {s['censored']} | "
                          f"{_ci(s['final_eval_reward'])} | {_ci(s.get('mean_gain'))} | {s['time_per_epoch_s']:.1f} | "
-                         f"{s['clipfrac_mean']:.3f} |")
-    lines += ["", "Censored runs never reached the target and count as the epoch budget (a lower bound). "
+                         f"{s['clipfrac_mean']:.3f} | "
+                         + (f"{s['zero_grad_frac_mean']:.3f}" if s.get("zero_grad_frac_mean") is not None else "–")
+                         + " |")
+    lines += ["", "Clip frac: |ρ − 1| > ξ on either side for the clipped ratio (the baselines' `clipfrac`), the flat "
+              "side for the hinges; zero-grad frac: pairs on the flat (no-gradient) side of their own loss, the "
+              "like-for-like statistic across objectives.", "",
+              "Censored runs never reached the target and count as the epoch budget (a lower bound). "
               "Mean gain over run: mean held-out reward over epochs 1..E minus the epoch-0 value (area under the "
               "learning curve; sensitive to speed even when the target is not reached).", "",
               "## Speed-up of PCPO (epochs(baseline)/epochs(PCPO) − 1, bootstrap 95 % interval)", "",
@@ -536,7 +638,7 @@ def run_bench(args) -> int:
         args.config, seeds=args.seeds, epochs=args.epochs,
         frameworks=args.frameworks.split(",") if args.frameworks else None,
         objectives=args.objectives.split(",") if args.objectives else None,
-        target=args.target, metric=args.metric,
+        target=args.target, metric=args.metric, workers=getattr(args, "workers", None),
     )
     if args.set:
         spec.set = list(spec.set) + list(args.set)

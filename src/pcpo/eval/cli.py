@@ -65,6 +65,8 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", default=None, help="record key for epochs-to-target (default eval_reward_mean)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--resume", action="store_true", help="skip finished runs, continue partial ones")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs trained at once, one process each (default 1; give each run threads=1 on a small CPU)")
     p.add_argument("--aggregate-only", action="store_true", help="only rewrite results from existing runs")
     p.set_defaults(func=_run_bench)
 

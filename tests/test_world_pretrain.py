@@ -124,13 +124,3 @@ def test_loss_weight_is_validated():
     with pytest.raises(ValueError, match="loss_weight: 'snr'"):
         pretrain.pretrain("ddpm", steps=1, loss_weight="snr")
 
-
-def test_cpu_recipe_is_one_from_scratch_stage(tmp_path, monkeypatch):
-    assert pretrain.CPU_RECIPE["ddpm"][0]["loss_weight"] == "min-snr-1" and len(pretrain.CPU_RECIPE["flow"]) == 1
-    monkeypatch.setitem(pretrain.CPU_RECIPE, "ddpm", [{**pretrain.CPU_RECIPE["ddpm"][0], "steps": 2, "batch_size": 4}])
-    assert pretrain.main(["--model", "ddpm", "--recipe", "cpu", "--out", str(tmp_path)]) == 0
-    rec = json.loads((tmp_path / "config.json").read_text())["training"]
-    assert rec["init_from"] is None and rec["steps"] == 2 and rec["loss_weight"] == "min-snr-1"
-    assert rec["rebuild"] == "pcpo pretrain-toy --model ddpm --recipe cpu --device cpu"
-    with pytest.raises(ValueError, match="--recipe cpu runs its recorded stages"):
-        pretrain.main(["--model", "ddpm", "--recipe", "cpu", "--steps", "5", "--out", str(tmp_path)])

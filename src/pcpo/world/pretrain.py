@@ -61,13 +61,7 @@ SHIPPED_RECIPE = {
         ),
     ],
 }
-#: a from-scratch recipe sized for 2 CPU cores (``--recipe cpu``): one stage, 3000 steps at batch 64 with
-#: the lr decayed linearly to 0; toy-ddpm with the min-SNR-1 weighting of the shipped stage 3
-CPU_RECIPE = {
-    "flow": [dict(steps=3000, seed=0, lr_decay="linear")],
-    "ddpm": [dict(steps=3000, seed=0, lr_decay="linear", loss_weight="min-snr-1")],
-}
-RECIPES = {"shipped": SHIPPED_RECIPE, "cpu": CPU_RECIPE}
+RECIPES = {"shipped": SHIPPED_RECIPE}
 DDPM_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
 
 
@@ -76,12 +70,11 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--model", choices=("flow", "ddpm"), required=True, help="which toy model to train")
     p.add_argument(
         "--recipe",
-        choices=("shipped", "cpu", "single"),
+        choices=("shipped", "single"),
         default="shipped",
         help="shipped: replay the stages behind the shipped weights (stage 1: batch 64, constant lr; "
-        "stage 2: from stage 1, batch 128, linear decay; ddpm stage 3: min-SNR-1); cpu: one "
-        "from-scratch stage sized for 2 CPU cores (3000 steps, linear decay); single: one run set by "
-        "--steps/--init/... (default steps 4000)",
+        "stage 2: from stage 1, batch 128, linear decay; ddpm stage 3: min-SNR-1); single: one run "
+        "set by --steps/--init/... (default steps 4000)",
     )
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 4000)")
     p.add_argument(

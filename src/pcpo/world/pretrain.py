@@ -61,7 +61,6 @@ SHIPPED_RECIPE = {
         ),
     ],
 }
-RECIPES = {"shipped": SHIPPED_RECIPE}
 DDPM_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
 
 
@@ -366,15 +365,14 @@ def run_pretrain(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         loss_weight=args.loss_weight,
     )
-    if args.recipe in RECIPES:
+    if args.recipe == "shipped":
         if args.steps is not None or args.init is not None or args.resume or args.minutes is not None:
             raise ValueError(
                 "--steps/--init/--resume/--minutes belong to --recipe single; "
-                f"--recipe {args.recipe} runs its recorded stages"
+                "--recipe shipped replays the recorded stages"
             )
         out = Path(args.out if args.out is not None else ASSETS_MODELS / f"toy-{args.model}")
-        stages = RECIPES[args.recipe][args.model]
-        recipe_flag = "" if args.recipe == "shipped" else f" --recipe {args.recipe}"
+        stages = SHIPPED_RECIPE[args.model]
         prev = None
         for k, stage in enumerate(stages, 1):
             last = k == len(stages)
@@ -384,7 +382,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
                 out=stage_out,
                 init=prev,
                 checkpoint=None if args.checkpoint is None else Path(args.checkpoint) / f"stage{k}",
-                rebuild=f"pcpo pretrain-toy --model {args.model}{recipe_flag} --device {args.device}" if last else None,
+                rebuild=f"pcpo pretrain-toy --model {args.model} --device {args.device}" if last else None,
             )
             prev = stage_out
         import shutil

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import torch
 
 from pcpo.models.toy import TOY_MODELS_DIR, ToyDDPMAdapter, ToyFlowAdapter, load_toy_model
-from pcpo.world import data
 from pcpo.world.errors import WeightsError
-
-GUIDANCE = 4.0
 
 
 @pytest.fixture(scope="module")
@@ -151,25 +149,37 @@ def test_loader_family_registry():
         load_model({"family": "toy-flow", "colour": 1})
 
 
-def _accuracy(ad, sampler, n: int = 64, seed: int = 0) -> float:
-    from pcpo.eval.metrics import prompt_accuracy
-    from pcpo.samplers import sample
+def _accuracy(ad, seed: int = 0) -> float:
+    from pcpo.world.quality import toy_quality
 
-    prompts = [data.PROMPTS[i % 32] for i in range(n)]
-    x = sample(ad, sampler, prompts, GUIDANCE, generator=torch.Generator().manual_seed(seed))
-    return prompt_accuracy(ad.decode(x), prompts)["prompt_accuracy"]
+    return toy_quality(ad, seeds=(seed,))["mean"]["prompt_accuracy"]
 
 
 @pytest.mark.slow
 def test_toy_flow_sample_quality(flow):
-    from pcpo.samplers import FlowSampler
-
-    assert _accuracy(flow, FlowSampler(num_steps=20, eta=0.0)) >= 0.85
+    assert _accuracy(flow) >= 0.85
 
 
 @pytest.mark.slow
 def test_toy_ddpm_sample_quality(ddpm):
-    from pcpo.samplers import DDIMSampler
-
     # 0.89 with the shipped stage-3 weights (0.70 before the min-SNR-1 stage); 0.84-0.91 over seeds 0-4
-    assert _accuracy(ddpm, DDIMSampler(num_steps=20, eta=0.0, **ddpm.ddim_schedule())) >= 0.85
+    assert _accuracy(ddpm) >= 0.85
+
+
+def test_check_toy_cli_reports_bar_and_writes_grid(tmp_path, capsys):
+    """`pcpo check-toy`: per-seed accuracies, the mean against --min-accuracy (exit status), grid and JSON."""
+    from pcpo.cli import main
+
+    args = ["check-toy", "--model", "flow", "--n", "8", "--steps", "4", "--seeds", "0-1"]
+    rc = main(args + ["--min-accuracy", "0", "--grid", str(tmp_path / "g.png"), "--json", str(tmp_path / "q.json")])
+    assert rc == 0
+    res = json.loads((tmp_path / "q.json").read_text())
+    assert list(res["per_seed"]) == ["0", "1"] and res["n"] == 8 and res["steps"] == 4
+    accs = [r["prompt_accuracy"] for r in res["per_seed"].values()]
+    assert res["mean"]["prompt_accuracy"] == pytest.approx(sum(accs) / 2, abs=1e-4)
+    assert all(0.0 <= a <= 1.0 and a * 8 == pytest.approx(round(a * 8), abs=1e-3) for a in accs)
+    assert (tmp_path / "g.png").stat().st_size > 0
+    assert "seed 1: prompt" in capsys.readouterr().out
+    assert main(args[:-2] + ["--seeds", "0", "--min-accuracy", "1.01"]) == 1  # no model reaches the bar
+    assert main(args[:-2] + ["--seeds", "0", "--n", "0"]) == 2  # one-line error
+    assert "--n: got 0" in capsys.readouterr().err

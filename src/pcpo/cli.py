@@ -16,6 +16,7 @@ _SUBCOMMANDS = [
     ("pcpo.cli", "add_credit_parser"),
     ("pcpo.trainer.cli", "add_train_parser"),
     ("pcpo.world.pretrain", "add_pretrain_parser"),
+    ("pcpo.world.quality", "add_check_parser"),
     ("pcpo.rewards.remote", "add_serve_reward_parser"),
     ("pcpo.eval.cli", "add_eval_parsers"),
 ]

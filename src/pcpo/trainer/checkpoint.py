@@ -104,6 +104,36 @@ def _jsonable(obj):
     return obj
 
 
+def write_state_dir(final: Path, tensors: dict[str, dict[str, torch.Tensor]], payload: dict) -> Path:
+    """Write ``{name}.safetensors`` per entry of ``tensors`` plus ``state.json`` into ``final``, atomically.
+
+    The files go into a temporary sibling directory, are fsynced, and the directory is renamed into place
+    (replacing an existing ``final``), so a killed writer leaves the old directory or the new one.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, group in tensors.items():
+        _save_tensors(group, tmp / f"{name}.safetensors")
+    with open(tmp / "state.json", "w") as f:
+        json.dump(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving (e.g. the same epoch after a resume): replace it
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
 def save_checkpoint(
     run_dir: Path,
     epoch: int,
@@ -113,32 +143,14 @@ def save_checkpoint(
     keep_last: int,
 ) -> Path:
     """Write checkpoint ``epoch`` atomically and prune to the newest ``keep_last``."""
-    ckpt_root = Path(run_dir) / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"{PREFIX}{epoch:06d}"
-    tmp = ckpt_root / f".tmp-{PREFIX}{epoch:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    _save_tensors(model_state, tmp / "model.safetensors")
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
-    _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
     rng_tensors, rng_meta = rng_state()
-    _save_tensors(rng_tensors, tmp / "rng.safetensors")
     payload = {"epoch": epoch, "optimizer": opt_meta, "rng": rng_meta, **state}
-    with open(tmp / "state.json", "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # re-saving the same epoch (e.g. after a resume): replace it
-        old = ckpt_root / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
+    final = write_state_dir(
+        Path(run_dir) / "checkpoints" / f"{PREFIX}{epoch:06d}",
+        {"model": model_state, "optimizer": opt_tensors, "rng": rng_tensors},
+        payload,
+    )
     for stale in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(stale, ignore_errors=True)
     return final

@@ -23,8 +23,13 @@ its capacity copying noise on, stop dominating; shape accuracy 0.70 -> 0.875). S
 recipe on a CPU takes ~1.9 h (flow) / ~2.2 h (ddpm). ``--recipe single`` runs one stage as set by the
 options.
 
-``--checkpoint DIR`` keeps a resumable checkpoint (weights, EMA, AdamW state, RNG, step) there every
-``--checkpoint-every`` steps; ``--resume`` continues from it, so a run cut by ``--minutes`` can go on.
+``--checkpoint DIR`` keeps a resumable checkpoint (weights, EMA, AdamW state, RNG states, step, losses;
+safetensors + ``state.json``, written atomically) there every ``--checkpoint-every`` steps; ``--resume``
+continues from it exactly, so a killed run, or one cut by ``--minutes``, goes on where it stopped. With
+``--recipe shipped`` each stage keeps its own checkpoint (``DIR/stage1``, ...) and ``--resume`` skips the
+finished stages, so a multi-hour CPU replay can be spread over several sessions. After training the
+command checks the written weights against the quality bar (:mod:`pcpo.world.quality`, ``--no-check``
+to skip) and records the result in ``config.json`` as ``training.quality``.
 """
 
 from __future__ import annotations
@@ -77,7 +82,10 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 4000)")
     p.add_argument(
-        "--minutes", type=float, default=None, help="stop after this wall time even if steps remain"
+        "--minutes",
+        type=float,
+        default=None,
+        help="stop after this wall time even if steps remain (resumable with --checkpoint/--resume)",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default: the shipped assets folder)"
@@ -88,8 +96,18 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--checkpoint", type=Path, default=None, help="folder for a resumable checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint (shipped recipe: the finished stages are skipped)",
+    )
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="skip the quality check after training (prompt accuracy of 64 samples, as pcpo check-toy)",
+    )
     p.add_argument(
         "--init",
         type=Path,
@@ -135,6 +153,44 @@ def _lr_lambda(warmup: int, total: int, decay: str):
     return f
 
 
+def _save_pretrain_checkpoint(ckpt_dir, model, transformer, text_encoder, opt, sched, ema, gen, step, losses,
+                              elapsed) -> None:
+    """Everything an exact resume needs, as safetensors + ``state.json``, written atomically."""
+    from pcpo.trainer.checkpoint import optimizer_to_flat, write_state_dir
+
+    weights = {f"transformer.{k}": v for k, v in transformer.state_dict().items()}
+    weights.update({f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()})
+    weights.update({f"ema.{i}": e for i, e in enumerate(ema)})
+    opt_tensors, opt_meta = optimizer_to_flat(opt)
+    rng = {"generator": gen.get_state(), "torch_cpu": torch.get_rng_state()}
+    payload = dict(model=model, step=step, losses=losses, elapsed=elapsed, optimizer=opt_meta,
+                   scheduler=sched.state_dict())
+    write_state_dir(ckpt_dir, {"model": weights, "optimizer": opt_tensors, "rng": rng}, payload)
+
+
+def _load_pretrain_checkpoint(ckpt_dir, model, transformer, text_encoder, opt, sched, ema, gen, dev):
+    from safetensors.torch import load_file
+
+    from pcpo.trainer.checkpoint import optimizer_from_flat
+
+    payload = json.loads((ckpt_dir / "state.json").read_text())
+    if payload.get("model") != model:
+        raise ValueError(f"--resume: {ckpt_dir} holds a toy-{payload.get('model')} run, not toy-{model}")
+    w = load_file(str(ckpt_dir / "model.safetensors"), device=str(dev))
+    transformer.load_state_dict({k[12:]: v for k, v in w.items() if k.startswith("transformer.")})
+    text_encoder.load_state_dict({k[13:]: v for k, v in w.items() if k.startswith("text_encoder.")})
+    for i, e in enumerate(ema):
+        e.copy_(w[f"ema.{i}"])
+    opt.load_state_dict(
+        optimizer_from_flat(load_file(str(ckpt_dir / "optimizer.safetensors"), device=str(dev)), payload["optimizer"])
+    )
+    sched.load_state_dict(payload["scheduler"])
+    rng = load_file(str(ckpt_dir / "rng.safetensors"))
+    gen.set_state(rng["generator"])
+    torch.set_rng_state(rng["torch_cpu"])
+    return int(payload["step"]), list(payload["losses"]), float(payload["elapsed"])
+
+
 def pretrain(
     model: str,
     steps: int | None = None,
@@ -156,6 +212,7 @@ def pretrain(
     lr_decay: str = "none",
     loss_weight: str = "none",
     rebuild: str | None = None,
+    deadline: float | None = None,
 ) -> dict:
     """Train toy model ``model`` ("flow" or "ddpm"); write weights + config to ``out``; return the record."""
     from safetensors.torch import save_file
@@ -197,48 +254,35 @@ def pretrain(
     alphas_cumprod = nets.scaled_linear_alphas_cumprod(**DDPM_SCHEDULE).float().to(dev)
 
     step, losses, elapsed_before = 0, [], 0.0
-    ckpt_file = Path(checkpoint) / f"toy-{model}-checkpoint.pt" if checkpoint else None
+    ckpt_dir = Path(checkpoint) / f"toy-{model}-checkpoint" if checkpoint else None
     if resume:
-        if ckpt_file is None or not ckpt_file.is_file():
+        if ckpt_dir is None or not (ckpt_dir / "state.json").is_file():
             raise ValueError(
-                f"--resume: no checkpoint at {ckpt_file}; give --checkpoint DIR of an earlier run"
+                f"--resume: no checkpoint at {ckpt_dir}; give --checkpoint DIR of an earlier run"
             )
-        st = torch.load(ckpt_file, map_location=dev, weights_only=True)
-        transformer.load_state_dict(st["transformer"])
-        text_encoder.load_state_dict(st["text_encoder"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        for e, v in zip(ema, st["ema"]):
-            e.copy_(v)
-        gen.set_state(st["generator"])
-        step, losses, elapsed_before = int(st["step"]), list(st["losses"]), float(st["elapsed"])
+        step, losses, elapsed_before = _load_pretrain_checkpoint(
+            ckpt_dir, model, transformer, text_encoder, opt, sched, ema, gen, dev
+        )
+
+    pending: list[torch.Tensor] = []
 
     def save_checkpoint() -> None:
-        ckpt_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_file.with_suffix(".tmp")
-        torch.save(
-            dict(
-                transformer=transformer.state_dict(),
-                text_encoder=text_encoder.state_dict(),
-                optimizer=opt.state_dict(),
-                scheduler=sched.state_dict(),
-                ema=ema,
-                generator=gen.get_state(),
-                step=step,
-                losses=losses,
-                elapsed=elapsed_before + time.time() - t_start,
-            ),
-            tmp,
+        if pending:  # the losses of the steps since the last host sync
+            losses.extend(torch.stack(pending).float().cpu().tolist())
+            pending.clear()
+        _save_pretrain_checkpoint(
+            ckpt_dir, model, transformer, text_encoder, opt, sched, ema, gen, step, losses,
+            elapsed_before + time.time() - t_start,
         )
-        tmp.replace(ckpt_file)
 
     transformer.train()
     text_encoder.train()
     t_start = time.time()
-    deadline = None if minutes is None else t_start + 60.0 * minutes - elapsed_before
+    if minutes is not None:  # --minutes counts the wall time of earlier, resumed sessions too
+        limit = t_start + 60.0 * minutes - elapsed_before
+        deadline = limit if deadline is None else min(deadline, limit)
     bar = tqdm(total=steps, initial=step, desc=f"pretrain toy-{model}", mininterval=10, disable=not progress)
     stopped_by_time = False
-    pending: list[torch.Tensor] = []
     while step < steps:
         if deadline is not None and time.time() >= deadline:
             stopped_by_time = True
@@ -285,11 +329,11 @@ def pretrain(
         if step % 100 == 0:
             el = elapsed_before + time.time() - t_start
             bar.write(f"step {step} loss(50) {sum(losses[-50:]) / len(losses[-50:]):.4f} elapsed {el:.0f}s")
-        if ckpt_file is not None and step % checkpoint_every == 0:
+        if ckpt_dir is not None and step % checkpoint_every == 0:
             save_checkpoint()
     bar.close()
     losses.extend(torch.stack(pending).float().cpu().tolist() if pending else [])
-    if ckpt_file is not None:
+    if ckpt_dir is not None:
         save_checkpoint()
     wall = elapsed_before + time.time() - t_start
 
@@ -366,25 +410,44 @@ def run_pretrain(args: argparse.Namespace) -> int:
         loss_weight=args.loss_weight,
     )
     if args.recipe == "shipped":
-        if args.steps is not None or args.init is not None or args.resume or args.minutes is not None:
+        if args.steps is not None or args.init is not None:
             raise ValueError(
-                "--steps/--init/--resume/--minutes belong to --recipe single; "
-                "--recipe shipped replays the recorded stages"
+                "--steps/--init belong to --recipe single; --recipe shipped replays the recorded stages"
+            )
+        if (args.resume or args.minutes is not None) and args.checkpoint is None:
+            raise ValueError(
+                "--checkpoint: --resume and --minutes of --recipe shipped need a checkpoint folder; "
+                "add --checkpoint DIR (the same one when resuming)"
             )
         out = Path(args.out if args.out is not None else ASSETS_MODELS / f"toy-{args.model}")
         stages = SHIPPED_RECIPE[args.model]
+        deadline = None if args.minutes is None else time.time() + 60.0 * args.minutes
         prev = None
         for k, stage in enumerate(stages, 1):
             last = k == len(stages)
             stage_out = out if last else out / f"stage{k}"
+            ck = None if args.checkpoint is None else Path(args.checkpoint) / f"stage{k}"
+            # a finished stage resumes at its last step: it only writes its weights again (seconds)
+            resume = args.resume and (ck / f"toy-{args.model}-checkpoint" / "state.json").is_file()
             rec = pretrain(
                 **{**common, **stage},
                 out=stage_out,
                 init=prev,
-                checkpoint=None if args.checkpoint is None else Path(args.checkpoint) / f"stage{k}",
+                checkpoint=ck,
+                checkpoint_every=args.checkpoint_every,
+                resume=resume,
+                deadline=deadline,
                 rebuild=f"pcpo pretrain-toy --model {args.model} --device {args.device}" if last else None,
             )
             prev = stage_out
+            tr = rec["training"]
+            if tr["stopped_by_time"]:
+                print(
+                    f"toy-{args.model}: --minutes reached in stage {k}/{len(stages)} at step {tr['steps']}/"
+                    f"{tr['requested_steps']}; continue with: pcpo pretrain-toy --model {args.model} "
+                    f"--out {out} --checkpoint {args.checkpoint} --resume"
+                )
+                return 0
         import shutil
 
         for k in range(1, len(stages)):
@@ -407,7 +470,30 @@ def run_pretrain(args: argparse.Namespace) -> int:
     print(
         f"toy-{args.model}: {tr['steps']} steps in {tr['wall_time_s']:.0f}s, final loss {tr['final_loss']:.4f}"
     )
+    if args.check and not tr["stopped_by_time"]:
+        out = Path(args.out if args.out is not None else ASSETS_MODELS / f"toy-{args.model}")
+        check_written_model(args.model, out)
     return 0
+
+
+def check_written_model(model: str, out: Path) -> dict:
+    """Issue #3's quality bar on the weights just written; printed and recorded as ``training.quality``."""
+    from pcpo.models.toy import load_toy_model
+    from pcpo.world.quality import BAR, toy_quality
+
+    res = toy_quality(load_toy_model(f"toy-{model}", path=out), seeds=(0,))
+    acc = res["mean"]["prompt_accuracy"]
+    print(
+        f"toy-{model}: prompt accuracy {acc:.3f} (colour {res['mean']['color_accuracy']:.3f}, shape "
+        f"{res['mean']['shape_accuracy']:.3f}; {res['n']} samples, {res['steps']} steps, CFG "
+        f"{res['guidance_scale']:g}, seed 0): {'passes' if acc >= BAR['min_accuracy'] else 'below'} the "
+        f"{BAR['min_accuracy']} bar; more seeds: pcpo check-toy --model {model} --path {out} --seeds 0-4"
+    )
+    cfg_file = out / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["training"]["quality"] = res
+    cfg_file.write_text(json.dumps(cfg, indent=1))
+    return res
 
 
 def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:

@@ -71,17 +71,7 @@ def load_toy_weights(name: str, path: str | Path | None = None) -> tuple[nn.Modu
     except Exception as e:
         raise WeightsError(f"toy model config {cfg_file} is unreadable ({type(e).__name__}); {fix}") from None
     try:
-        state = load_file(str(w_file))
-        tr = {
-            k.removeprefix("transformer."): v.float()
-            for k, v in state.items()
-            if k.startswith("transformer.")
-        }
-        te = {
-            k.removeprefix("text_encoder."): v.float()
-            for k, v in state.items()
-            if k.startswith("text_encoder.")
-        }
+        tr, te = nets.split_state({k: v.float() for k, v in load_file(str(w_file)).items()})
         transformer.load_state_dict(tr, strict=True)
         missing, unexpected = text_encoder.load_state_dict(te, strict=False)
         if unexpected or [k for k in missing if not k.endswith("position_ids")]:

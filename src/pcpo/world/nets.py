@@ -57,6 +57,23 @@ def build_text_encoder(config: dict | None = None) -> nn.Module:
     return CLIPTextModelWithProjection(CLIPTextConfig(**(config or TEXT_ENCODER_CONFIG)))
 
 
+def join_state(transformer: nn.Module, text_encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """The toy weight-file layout: both state dicts in one, keys prefixed ``transformer.`` / ``text_encoder.``."""
+    state = {f"transformer.{k}": v for k, v in transformer.state_dict().items()}
+    state.update({f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()})
+    return state
+
+
+def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Inverse of :func:`join_state`: ``(transformer state, text-encoder state)``; other keys are ignored."""
+    parts: tuple[dict, dict] = ({}, {})
+    for k, v in state.items():
+        for part, prefix in zip(parts, ("transformer.", "text_encoder.")):
+            if k.startswith(prefix):
+                part[k.removeprefix(prefix)] = v
+    return parts
+
+
 def encode_text(text_encoder: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(hidden [B, L, 64], pooled [B, 64])`` for token ids [B, L]."""
     out = text_encoder(input_ids=input_ids)

@@ -155,13 +155,17 @@ def _lr_lambda(warmup: int, total: int, decay: str):
     return f
 
 
+def checkpoint_dir(checkpoint: Path, model: str) -> Path:
+    """The folder of the resumable checkpoint of toy model ``model`` under ``--checkpoint``."""
+    return Path(checkpoint) / f"toy-{model}-checkpoint"
+
+
 def _save_pretrain_checkpoint(ckpt_dir, model, transformer, text_encoder, opt, sched, ema, gen, step, losses,
                               elapsed) -> None:
     """Everything an exact resume needs, as safetensors + ``state.json``, written atomically."""
     from pcpo.trainer.checkpoint import optimizer_to_flat, write_state_dir
 
-    weights = {f"transformer.{k}": v for k, v in transformer.state_dict().items()}
-    weights.update({f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()})
+    weights = nets.join_state(transformer, text_encoder)
     weights.update({f"ema.{i}": e for i, e in enumerate(ema)})
     opt_tensors, opt_meta = optimizer_to_flat(opt)
     rng = {"generator": gen.get_state(), "torch_cpu": torch.get_rng_state()}
@@ -179,8 +183,9 @@ def _load_pretrain_checkpoint(ckpt_dir, model, transformer, text_encoder, opt, s
     if payload.get("model") != model:
         raise ValueError(f"--resume: {ckpt_dir} holds a toy-{payload.get('model')} run, not toy-{model}")
     w = load_file(str(ckpt_dir / "model.safetensors"), device=str(dev))
-    transformer.load_state_dict({k[12:]: v for k, v in w.items() if k.startswith("transformer.")})
-    text_encoder.load_state_dict({k[13:]: v for k, v in w.items() if k.startswith("text_encoder.")})
+    tr, te = nets.split_state(w)
+    transformer.load_state_dict(tr)
+    text_encoder.load_state_dict(te)
     for i, e in enumerate(ema):
         e.copy_(w[f"ema.{i}"])
     opt.load_state_dict(
@@ -256,7 +261,7 @@ def pretrain(
     alphas_cumprod = nets.scaled_linear_alphas_cumprod(**DDPM_SCHEDULE).float().to(dev)
 
     step, losses, elapsed_before = 0, [], 0.0
-    ckpt_dir = Path(checkpoint) / f"toy-{model}-checkpoint" if checkpoint else None
+    ckpt_dir = checkpoint_dir(checkpoint, model) if checkpoint else None
     if resume:
         if ckpt_dir is None or not (ckpt_dir / "state.json").is_file():
             raise ValueError(
@@ -266,12 +271,15 @@ def pretrain(
             ckpt_dir, model, transformer, text_encoder, opt, sched, ema, gen, dev
         )
 
-    pending: list[torch.Tensor] = []
+    pending: list[torch.Tensor] = []  # the losses of the steps since the last host sync
 
-    def save_checkpoint() -> None:
-        if pending:  # the losses of the steps since the last host sync
+    def flush_losses() -> None:
+        if pending:
             losses.extend(torch.stack(pending).float().cpu().tolist())
             pending.clear()
+
+    def save_checkpoint() -> None:
+        flush_losses()
         _save_pretrain_checkpoint(
             ckpt_dir, model, transformer, text_encoder, opt, sched, ema, gen, step, losses,
             elapsed_before + time.time() - t_start,
@@ -324,8 +332,7 @@ def pretrain(
         step += 1
         pending.append(loss.detach())
         if step % 10 == 0 or step == steps:  # one host sync per 10 steps (matters on a GPU)
-            losses.extend(torch.stack(pending).float().cpu().tolist())
-            pending.clear()
+            flush_losses()
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
         bar.update(1)
         if step % 100 == 0:
@@ -334,7 +341,7 @@ def pretrain(
         if ckpt_dir is not None and step % checkpoint_every == 0:
             save_checkpoint()
     bar.close()
-    losses.extend(torch.stack(pending).float().cpu().tolist() if pending else [])
+    flush_losses()
     if ckpt_dir is not None:
         save_checkpoint()
     wall = elapsed_before + time.time() - t_start
@@ -342,10 +349,10 @@ def pretrain(
     # fp16 EMA weights: copy EMA into the modules, keep buffers as they are
     for p, e in zip(params, ema):
         p.data.copy_(e)
-    state = {f"transformer.{k}": v for k, v in transformer.state_dict().items()}
-    state.update({f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()})
     state = {
-        k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state.items() if v.is_floating_point()
+        k: v.detach().to("cpu", torch.float16).contiguous()
+        for k, v in nets.join_state(transformer, text_encoder).items()
+        if v.is_floating_point()
     }
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -411,6 +418,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         loss_weight=args.loss_weight,
     )
+    out = Path(args.out if args.out is not None else ASSETS_MODELS / f"toy-{args.model}")
     if args.recipe == "shipped":
         if args.steps is not None or args.init is not None:
             raise ValueError(
@@ -421,7 +429,6 @@ def run_pretrain(args: argparse.Namespace) -> int:
                 "--checkpoint: --resume and --minutes of --recipe shipped need a checkpoint folder; "
                 "add --checkpoint DIR (the same one when resuming)"
             )
-        out = Path(args.out if args.out is not None else ASSETS_MODELS / f"toy-{args.model}")
         stages = SHIPPED_RECIPE[args.model]
         deadline = None if args.minutes is None else time.time() + 60.0 * args.minutes
         prev = None
@@ -430,7 +437,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
             stage_out = out if last else out / f"stage{k}"
             ck = None if args.checkpoint is None else Path(args.checkpoint) / f"stage{k}"
             # a finished stage resumes at its last step: it only writes its weights again (seconds)
-            resume = args.resume and (ck / f"toy-{args.model}-checkpoint" / "state.json").is_file()
+            resume = args.resume and (checkpoint_dir(ck, args.model) / "state.json").is_file()
             rec = pretrain(
                 **{**common, **stage},
                 out=stage_out,
@@ -458,7 +465,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         rec = pretrain(
             steps=args.steps,
             minutes=args.minutes,
-            out=args.out,
+            out=out,
             seed=args.seed,
             batch_size=args.batch_size,
             checkpoint=args.checkpoint,
@@ -473,7 +480,6 @@ def run_pretrain(args: argparse.Namespace) -> int:
         f"toy-{args.model}: {tr['steps']} steps in {tr['wall_time_s']:.0f}s, final loss {tr['final_loss']:.4f}"
     )
     if args.check and not tr["stopped_by_time"]:
-        out = Path(args.out if args.out is not None else ASSETS_MODELS / f"toy-{args.model}")
         check_written_model(args.model, out)
     return 0
 

@@ -42,8 +42,12 @@ def sample_images(adapter, seed: int = 0, n: int = BAR["n"], steps: int = BAR["s
 
 
 def toy_quality(adapter, seeds: Sequence[int] = (0,), n: int = BAR["n"], steps: int = BAR["steps"],
-                guidance_scale: float = BAR["guidance_scale"]) -> dict:
-    """Prompt, colour and shape accuracy per noise seed and their means over ``seeds``."""
+                guidance_scale: float = BAR["guidance_scale"], keep_first: list | None = None) -> dict:
+    """Prompt, colour and shape accuracy per noise seed and their means over ``seeds``.
+
+    ``keep_first``: a list that receives the first seed's images (e.g. for a grid), so they are not sampled
+    twice.
+    """
     from pcpo.eval.metrics import prompt_accuracy
 
     if not seeds:
@@ -51,6 +55,8 @@ def toy_quality(adapter, seeds: Sequence[int] = (0,), n: int = BAR["n"], steps: 
     per_seed = {}
     for s in seeds:
         images, prompts = sample_images(adapter, s, n, steps, guidance_scale)
+        if keep_first is not None and not per_seed:
+            keep_first.append(images)
         per_seed[str(s)] = {k: round(v, 4) for k, v in prompt_accuracy(images, prompts).items()}
     keys = next(iter(per_seed.values())).keys()
     mean = {k: round(sum(r[k] for r in per_seed.values()) / len(per_seed), 4) for k in keys}
@@ -83,7 +89,7 @@ def add_check_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, default=BAR["guidance_scale"], help="classifier-free guidance scale")
     p.add_argument("--min-accuracy", type=float, default=BAR["min_accuracy"],
                    help="exit with status 1 if the mean prompt accuracy is below this")
-    p.add_argument("--grid", type=Path, default=None, metavar="FILE.png", help="save the first seed's samples")
+    p.add_argument("--grid", type=Path, default=None, metavar="FILE.png", help="save the first seed's samples (at most 64)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE.json", help="also write the result here")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.set_defaults(func=run_check)
@@ -97,7 +103,8 @@ def run_check(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     adapter = load_toy_model(f"toy-{args.model}", path=args.path)
-    res = toy_quality(adapter, args.seeds, args.n, args.steps, args.cfg)
+    first: list = []
+    res = toy_quality(adapter, args.seeds, args.n, args.steps, args.cfg, keep_first=first)
     for s, r in res["per_seed"].items():
         print(f"seed {s}: prompt {r['prompt_accuracy']:.3f}  colour {r['color_accuracy']:.3f}  "
               f"shape {r['shape_accuracy']:.3f}")
@@ -108,8 +115,7 @@ def run_check(args: argparse.Namespace) -> int:
     if args.grid is not None:
         from pcpo.viz import save_grid
 
-        images, _ = sample_images(adapter, args.seeds[0], min(args.n, 64), args.steps, args.cfg)
-        save_grid(images, args.grid, nrow=8)
+        save_grid(first[0][:64], args.grid, nrow=8)
         print(f"grid: {args.grid}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

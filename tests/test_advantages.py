@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pcpo.advantages import GroupAdvantage, PerPromptStatTracker, PromptMeanGlobalStd, build_advantage
+from pcpo.algo.advantages import GroupAdvantage, PerPromptStatTracker, PromptMeanGlobalStd, build_advantage
 
 
 def test_group_normalisation_population_std():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from pcpo.credit import credit_weights, pcpo_credit
-from pcpo.logprob import log_ratio_decomposed, log_ratio_from_terms, ratio_terms
-from pcpo.objectives import (
+from pcpo.algo.credit import credit_weights, pcpo_credit
+from pcpo.algo.logprob import log_ratio_decomposed, log_ratio_from_terms, ratio_terms
+from pcpo.algo.objectives import (
     OBJECTIVES,
     clipped_ratio_loss,
     get_objective,

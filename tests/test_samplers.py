@@ -5,8 +5,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-from pcpo.credit import credit_weights
-from pcpo.logprob import gaussian_log_prob, log_ratio_decomposed, log_ratio_gaussian
+from pcpo.algo.credit import credit_weights
+from pcpo.algo.logprob import gaussian_log_prob, log_ratio_decomposed, log_ratio_gaussian
 from pcpo.samplers import DDIMSampler, FlowSampler, build_sampler, flow_grid
 
 

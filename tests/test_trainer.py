@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import micro
-from pcpo.advantages import GroupAdvantage
+from pcpo.algo.advantages import GroupAdvantage
 from pcpo.cli import main
 from pcpo.trainer.config import CONFIG_DIR, ConfigError, load_config
 from pcpo.trainer.trainer import Trainer, select_timesteps

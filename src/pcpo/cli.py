@@ -42,7 +42,7 @@ def add_credit_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_credit(args: argparse.Namespace) -> int:
-    from .credit import credit_table
+    from .algo.credit import credit_table
     from .samplers import build_sampler
 
     kw = {"schedule": args.schedule, "spacing": args.spacing} if args.sampler == "ddim" else {}
@@ -64,7 +64,7 @@ def run_credit(args: argparse.Namespace) -> int:
                       f"{s['pcpo'] / s['native']:.3f}")
         Console(width=100).print(t)
     if args.plot:
-        from .plots import plot_credit
+        from .figures import plot_credit
 
         plot_credit(table, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from . import figures, stats
+from .. import figures
+from . import stats
 
 OBJECTIVES = ("clipped", "log_hinge", "pcpo")
 FRAMEWORKS = ("ddpo", "dancegrpo", "flowgrpo")

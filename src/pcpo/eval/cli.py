@@ -86,7 +86,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.grid:
         import torch
 
-        from ..viz import save_grid
+        from ..figures import save_grid
 
         order = [m for m in ("base", "trained") if m in images]
         labels = [f"{m}: {p}" for m in order for p in res["prompts"]]

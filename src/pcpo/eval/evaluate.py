@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..trainer.trainer import build_run_reward, resolve_prompts
+from ..run import build_run_reward, resolve_prompts
 from .runs import RunRef, eval_sampler, generate, load_base, load_trained, resolve_run
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from . import figures
+from .. import figures
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;color:#222}

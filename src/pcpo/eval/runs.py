@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
+from ..errors import ConfigError
 from ..models.base import ModelAdapter
+from ..run import build_eval_sampler, derived_generator, load_adapter, load_run_config
 from ..samplers import Sampler
+from ..samplers import generate as generate_images
 from ..trainer.checkpoint import list_checkpoints
-from ..trainer.config import RunConfig, from_dict, validate
-from ..trainer.trainer import build_run_sampler, make_eval_sampler
+from ..trainer.config import RunConfig
 
 
 @dataclass
@@ -30,17 +31,12 @@ class RunRef:
 
 
 def _read_config(run_dir: Path) -> RunConfig:
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise ValueError(f"{run_dir}: not a pcpo run directory (no config.yaml); give RUN_DIR or "
-                         "RUN_DIR/checkpoints/epoch-XXXXXX")
     try:
-        data = yaml.safe_load(cfg_path.read_text())
-        cfg = from_dict(RunConfig, data)
-        validate(cfg)
-    except Exception as e:  # noqa: BLE001  (a damaged config: still one line)
-        raise ValueError(f"{cfg_path}: unreadable run config ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return cfg
+        return load_run_config(run_dir)
+    except ConfigError as e:
+        if not (run_dir / "config.yaml").is_file():
+            raise ValueError(str(e)) from None
+        raise ValueError(f"{run_dir / 'config.yaml'}: unreadable run config ({str(e).splitlines()[0]})") from None
 
 
 def resolve_run(path: str | Path) -> RunRef:
@@ -72,11 +68,7 @@ def resolve_run(path: str | Path) -> RunRef:
 
 def load_base(cfg: RunConfig, device: str | torch.device = "cpu") -> ModelAdapter:
     """The run's model as it was before training (LoRA layers, if any, freshly initialised)."""
-    from ..models.loader import load_model
-
-    spec = cfg.model.spec()
-    spec["device"] = str(device)
-    return load_model(spec).to(device)
+    return load_adapter(cfg, device)
 
 
 def load_trained(ref: RunRef, device: str | torch.device = "cpu") -> ModelAdapter:
@@ -92,7 +84,7 @@ def load_trained(ref: RunRef, device: str | torch.device = "cpu") -> ModelAdapte
 
 def eval_sampler(cfg: RunConfig, adapter: ModelAdapter, steps: int | None = None) -> Sampler:
     """The deterministic sampler (flow ODE / DDIM η = 0) the trainer evaluates with."""
-    return make_eval_sampler(build_run_sampler(cfg, adapter), steps or cfg.sampler.eval_steps)
+    return build_eval_sampler(cfg, adapter, steps)
 
 
 @torch.no_grad()
@@ -103,12 +95,6 @@ def generate(adapter: ModelAdapter, sampler: Sampler, prompts: list[str], guidan
     The noise is drawn exactly as the trainer's held-out evaluation draws it (same derived generator),
     so the numbers of ``pcpo eval`` at the final epoch match the run's own last ``eval_*`` record.
     """
-    from ..samplers import sample
-    from ..trainer.trainer import derived_generator
-
     gen = derived_generator(seed, "eval", device=adapter.device)
     x = adapter.initial_noise(len(prompts), generator=gen)
-    finals = []
-    for s0 in range(0, len(prompts), batch):
-        finals.append(sample(adapter, sampler, prompts[s0:s0 + batch], guidance_scale, x=x[s0:s0 + batch].float()))
-    return adapter.decode(torch.cat(finals).float()).float()
+    return generate_images(adapter, sampler, prompts, guidance_scale, x, batch=batch)

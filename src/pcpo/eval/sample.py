@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ..models.base import ModelAdapter
+from ..run import resolve_prompts
 from ..trainer.config import load_config
-from ..trainer.trainer import resolve_prompts
 from .irg import IRGAdapter, ReferenceView
 from .runs import eval_sampler, generate, load_base, load_trained, resolve_run
 
@@ -46,7 +46,7 @@ def build_irg(run_paths: list[str], scales: list[float], device: str = "cpu") ->
 
 
 def run_sample(args) -> int:
-    from ..viz import save_grid
+    from ..figures import save_grid
 
     if bool(args.run) == bool(args.model):
         raise ValueError("give either --run RUN_DIR (repeatable) or --model FAMILY")

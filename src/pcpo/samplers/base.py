@@ -6,11 +6,11 @@ prediction ``p``::
     x_next = a_i · x_i − c_i · p + s_i · z,      z ~ N(0, I)
 
 with per-step scalars ``a_i``, ``c_i`` (> 0) and ``s_i`` (>= 0) that depend only on the schedule
-(method.md §1). A step is a pure function of (step index, state, prediction, noise), like a diffusers
+(docs/method.md §1). A step is a pure function of (step index, state, prediction, noise), like a diffusers
 scheduler step, but without hidden mutable state: the same call always gives the same answer.
 
 The step's *native weight* ``w_i = c_i / s_i`` is what scales that step's policy gradient in the
-baselines (method.md §2); credit schemes (``pcpo.credit``) replace it.
+baselines (docs/method.md §2); credit schemes (``pcpo.credit``) replace it.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Sampler(ABC):
         return w
 
     def nominal_weights(self) -> torch.Tensor:
-        """Native weights as the credit budget counts them (method.md §5).
+        """Native weights as the credit budget counts them (docs/method.md §5).
 
         Equal to :meth:`native_weights` except where a sampler's formula is undefined and the sampler
         patches it (Flow-GRPO's t = 1 step): there the budget uses the next step's weight.
@@ -84,6 +84,11 @@ class Sampler(ABC):
     def describe(self) -> dict:
         """A JSON-friendly summary (kind, steps, parameters)."""
         return {"kind": self.kind, "num_steps": self.num_steps}
+
+    def deterministic(self, steps: int | None = None) -> Sampler:
+        """The deterministic counterpart (flow ODE / DDIM η = 0) used for evaluation, with ``steps``
+        steps (None = the same N and grid)."""
+        raise NotImplementedError(f"{type(self).__name__} has no deterministic counterpart")
 
     def model_time(self, i: int, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
         """The sampler time of step ``i`` repeated for a batch (what ``ModelAdapter.predict`` takes)."""
@@ -115,7 +120,7 @@ class Sampler(ABC):
         """One step from ``x`` with canonical prediction ``pred``.
 
         ``noise`` (standard normal, shape of ``x``) is drawn from ``generator`` when not given, and is
-        returned so that the log-ratio can be evaluated exactly later (method.md §2).
+        returned so that the log-ratio can be evaluated exactly later (docs/method.md §2).
         """
         if x.shape != pred.shape:
             raise ValueError(f"step: x has shape {tuple(x.shape)} but pred has {tuple(pred.shape)}")

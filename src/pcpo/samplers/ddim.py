@@ -156,6 +156,13 @@ class DDIMSampler(Sampler):
         # diffusers' DDIM always steps back T // N training timesteps: equal shares.
         self._dt = torch.full((self.num_steps,), (T // self.num_steps) / T, dtype=torch.float64)
 
+    def deterministic(self, steps: int | None = None) -> DDIMSampler:
+        """DDIM with η = 0 on the same training schedule and spacing (``steps`` = None keeps N)."""
+        return DDIMSampler(steps or self.num_steps, eta=0.0, betas=self.betas,
+                           num_train_timesteps=self.num_train_timesteps, spacing=self.spacing,
+                           steps_offset=self.steps_offset, final_alpha_one=self.final_alpha_one,
+                           prediction_type=self.prediction_type)
+
     @classmethod
     def from_diffusers(cls, scheduler, num_steps: int, eta: float = 1.0) -> DDIMSampler:
         """Build from a diffusers scheduler's config (``DDIMScheduler``/``DDPMScheduler``/...)."""

@@ -118,6 +118,13 @@ class FlowSampler(Sampler):
             "shift": self.shift,
         }
 
+    def deterministic(self, steps: int | None = None) -> FlowSampler:
+        """The Euler ODE on this sampler's grid (``steps`` = None or N), or on a new grid of ``steps`` with
+        the same shift."""
+        if steps is None or steps == self.num_steps:
+            return FlowSampler(self.num_steps, eta=0.0, noise="dance", shift=self.shift, grid=self.grid)
+        return FlowSampler(steps, eta=0.0, noise="dance", shift=self.shift)
+
     @classmethod
     def from_diffusers_sigmas(cls, sigmas, eta: float = 0.0, noise: str = "flow-grpo") -> FlowSampler:
         """From a diffusers ``FlowMatchEulerDiscreteScheduler.sigmas`` array (N + 1 values ending at 0)."""

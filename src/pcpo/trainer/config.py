@@ -10,6 +10,7 @@ Shipped configs live in ``pcpo/configs/*.yaml`` and can be named without the pat
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,17 +19,31 @@ from typing import Any
 
 import yaml
 
+from ..errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key and the fix."""
+__all__ = ["CONFIG_DIR", "ConfigError", "RunConfig", "load_config", "from_dict", "to_dict", "validate"]
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING, **kw):
+    """A field with help text and its checks in metadata: ``choices`` (a tuple, or a callable returning
+    the registered names), ``gt``/``ge``/``le`` bounds (None values are always allowed)."""
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+def _registry(module: str, name: str, train_only: bool = False):
+    """Choices read from a registry when validating (import kept lazy)."""
+
+    def names() -> tuple[str, ...]:
+        import importlib
+
+        reg = getattr(importlib.import_module(module), name)
+        return tuple(n for n in reg if not train_only or reg.meta(n).get("train", True))
+
+    return names
 
 
 @dataclass
@@ -56,15 +71,17 @@ class ModelConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = _f("flow-sde", "ddim (DDPO), dance-sde (DanceGRPO, g = eta), flow-sde (Flow-GRPO, g = eta*sqrt(t/(1-t)))")
-    steps: int = _f(10, "sampling steps per trajectory")
-    eta: float = _f(0.7, "noise level: DDIM eta, DanceGRPO eta or Flow-GRPO a")
-    shift: float = _f(1.0, "timestep shift s of flow samplers (3 for SD3.5/FLUX)")
-    spacing: str = _f("leading", "DDIM timestep spacing: leading, trailing, linspace")
-    guidance_scale: float = _f(4.5, "classifier-free guidance scale, the same in rollout and training")
+    name: str = _f("flow-sde", "ddim (DDPO), dance-sde (DanceGRPO, g = eta), flow-sde (Flow-GRPO, g = eta*sqrt(t/(1-t)))",
+                   choices=_registry("pcpo.samplers", "SAMPLERS", train_only=True))
+    steps: int = _f(10, "sampling steps per trajectory", gt=0)
+    eta: float = _f(0.7, "noise level: DDIM eta, DanceGRPO eta or Flow-GRPO a (> 0: eta = 0 has no log-density)",
+                    gt=0)
+    shift: float = _f(1.0, "timestep shift s of flow samplers (3 for SD3.5/FLUX)", gt=0)
+    spacing: str = _f("leading", "DDIM timestep spacing", choices=("leading", "trailing", "linspace"))
+    guidance_scale: float = _f(4.5, "classifier-free guidance scale, the same in rollout and training", ge=0)
     shared_noise: bool = _f(False, "share the initial noise within each group (DanceGRPO's init_same_noise)")
-    rollout_batch: int = _f(64, "samples per rollout forward pass")
-    eval_steps: int | None = _f(None, "steps of the deterministic evaluation sampler (null = steps)")
+    rollout_batch: int = _f(64, "samples per rollout forward pass", gt=0)
+    eval_steps: int | None = _f(None, "steps of the deterministic evaluation sampler (null = steps)", gt=0)
 
 
 @dataclass
@@ -80,43 +97,57 @@ class DataConfig:
     prompts: Any = _f("world:train", "training prompts: world:train, world:all, world:heldout, a file with one "
                       "prompt per line, or a list")
     eval_prompts: Any = _f("world:heldout", "held-out evaluation prompts (same forms as prompts)")
-    prompts_per_epoch: int = _f(4, "distinct prompts sampled per epoch")
-    group_size: int = _f(8, "images per prompt (the group of GRPO / the tracker's batch)")
+    prompts_per_epoch: int = _f(4, "distinct prompts sampled per epoch", gt=0)
+    group_size: int = _f(8, "images per prompt (the group of GRPO / the tracker's batch; > 1: advantages need a group)",
+                         gt=1)
 
 
 @dataclass
 class TrainConfig:
-    objective: str = _f("pcpo", "clipped (DDPO/DanceGRPO/Flow-GRPO), log_hinge (PCPO-base), pcpo")
-    credit: str | None = _f(None, "timestep credit: native, pcpo, uniform (null = the objective's default)")
-    w_star: float | None = _f(None, "PCPO mean step weight override w* (null = credit preserving)")
+    objective: str = _f("pcpo", "clipped (DDPO/DanceGRPO/Flow-GRPO), log_hinge (PCPO-base), pcpo",
+                        choices=_registry("pcpo.algo.objectives", "OBJECTIVES"))
+    credit: str | None = _f(None, "timestep credit: native, pcpo, uniform (null = the objective's default)",
+                            choices=_registry("pcpo.algo.credit", "CREDIT"))
+    w_star: float | None = _f(None, "PCPO mean step weight override w* (null = credit preserving); "
+                              "an option of credit schemes that declare it", gt=0)
     linear_only: bool = _f(False, "PCPO surrogate with the linear term only")
-    clip_range: float = _f(1e-4, "clip range xi of the ratio / hinge")
-    adv_clip: float = _f(5.0, "advantages are clipped to +-adv_clip")
-    advantage: str = _f("group", "group, per_prompt_tracker (DDPO), prompt_mean_global_std (Flow-GRPO)")
-    tracker_buffer: int = _f(32, "per_prompt_tracker: rewards kept per prompt")
-    tracker_min_count: int = _f(16, "per_prompt_tracker: below this many, batch statistics are used")
+    clip_range: float = _f(1e-4, "clip range xi of the ratio / hinge", gt=0)
+    ratio_transform: str = _f("none", "per-step transform of the log-ratio before the objective (none; "
+                              "see pcpo.algo.step.RATIO_TRANSFORMS)",
+                              choices=_registry("pcpo.algo.step", "RATIO_TRANSFORMS"))
+    ratio_transform_options: dict = _f(help="keyword options of the ratio transform", factory=dict)
+    loss_weight: str = _f("none", "per-step weight of the objective's terms (none; see "
+                          "pcpo.algo.step.LOSS_WEIGHTS)", choices=_registry("pcpo.algo.step", "LOSS_WEIGHTS"))
+    loss_weight_options: dict = _f(help="keyword options of the loss weight", factory=dict)
+    adv_clip: float = _f(5.0, "advantages are clipped to +-adv_clip", gt=0)
+    advantage: str = _f("group", "group, per_prompt_tracker (DDPO), prompt_mean_global_std (Flow-GRPO)",
+                        choices=_registry("pcpo.algo.advantages", "ADVANTAGES"))
+    tracker_buffer: int = _f(32, "per_prompt_tracker: rewards kept per prompt", gt=0)
+    tracker_min_count: int = _f(16, "per_prompt_tracker: below this many, batch statistics are used", gt=0)
     timestep_selection: str = _f("first_fraction", "all_shuffled (DDPO), drop_last_random (DanceGRPO), "
-                                 "first_fraction (Flow-GRPO)")
-    timestep_fraction: float = _f(1.0, "fraction of the (eligible) steps trained per trajectory")
-    inner_epochs: int = _f(1, "passes over each epoch's rollouts")
+                                 "first_fraction (Flow-GRPO)", choices=_registry("pcpo.algo.timesteps", "SELECTIONS"))
+    timestep_fraction: float = _f(1.0, "fraction of the (eligible) steps trained per trajectory, in (0, 1]",
+                                  gt=0, le=1)
+    inner_epochs: int = _f(1, "passes over each epoch's rollouts", gt=0)
     minibatch_size: int = _f(0, "trajectories per optimizer step (0 = all of the epoch's); gradients of "
-                             "all their trained timesteps are accumulated")
-    micro_batch: int = _f(64, "(sample, timestep) pairs per forward pass in the update")
-    lr: float = _f(1e-4, "AdamW learning rate")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    adam_betas: tuple = _f((0.9, 0.999), "AdamW betas")
-    adam_eps: float = _f(1e-8, "AdamW epsilon")
-    max_grad_norm: float = _f(1.0, "gradient-norm clipping (0 = off)")
-    kl_beta: float = _f(0.0, "weight of the per-step KL to the reference model (0 = off)")
-    kl_form: str = _f("pcpo", "pcpo: 1/2 w~^2 |p - p_ref|^2; flow-grpo: |mu - mu_ref|^2/(2 g^2)")
-    mixed_precision: str = _f("no", "no, bf16, fp16: autocast of model forwards (log-ratios stay fp32)")
-    max_nonfinite: int = _f(3, "stop after this many consecutive updates skipped for a NaN/inf loss or reward")
+                             "all their trained timesteps are accumulated", ge=0)
+    micro_batch: int = _f(64, "(sample, timestep) pairs per forward pass in the update", gt=0)
+    lr: float = _f(1e-4, "AdamW learning rate", gt=0)
+    weight_decay: float = _f(0.0, "AdamW weight decay", ge=0)
+    adam_betas: tuple = _f((0.9, 0.999), "AdamW betas: two numbers in [0, 1)")
+    adam_eps: float = _f(1e-8, "AdamW epsilon", gt=0)
+    max_grad_norm: float = _f(1.0, "gradient-norm clipping (0 = off)", ge=0)
+    kl_beta: float = _f(0.0, "weight of the per-step KL to the reference model (0 = off)", ge=0)
+    kl_form: str = _f("pcpo", "pcpo: 1/2 w~^2 |p - p_ref|^2; flow-grpo: |mu - mu_ref|^2/(2 g^2)",
+                      choices=_registry("pcpo.algo.objectives", "KL_TERMS"))
+    mixed_precision: str = _f("no", "autocast of model forwards (log-ratios stay fp32)", choices=("no", "bf16", "fp16"))
+    max_nonfinite: int = _f(3, "stop after this many consecutive updates skipped for a NaN/inf loss or reward", gt=0)
 
 
 @dataclass
 class EvalConfig:
-    every: int = _f(5, "evaluate every N epochs (and at the start and end); 0 = only start and end")
-    images_per_prompt: int = _f(4, "held-out images per prompt")
+    every: int = _f(5, "evaluate every N epochs (and at the start and end); 0 = only start and end", ge=0)
+    images_per_prompt: int = _f(4, "held-out images per prompt", gt=0)
     seed: int = _f(2024, "seed of the evaluation noise (fixed across evaluations)")
     grid: bool = _f(True, "save an image grid of held-out prompts at each evaluation")
     gold: bool = _f(True, "compute gold metrics (embedded world only): accuracy, Frechet distance, diversity")
@@ -133,17 +164,18 @@ class LogConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = _f(5, "save a checkpoint every N epochs (and at the end)")
-    keep_last: int = _f(2, "checkpoints to keep")
+    every: int = _f(5, "save a checkpoint every N epochs (and at the end)", gt=0)
+    keep_last: int = _f(2, "checkpoints to keep", gt=0)
 
 
 @dataclass
 class RunConfig:
     seed: int = _f(0, "seed of everything (rollout noise, timestep selection, prompts)")
-    epochs: int = _f(30, "training epochs (one rollout + update each)")
+    epochs: int = _f(30, "training epochs (one rollout + update each)", gt=0)
     device: str = _f("auto", "auto, cpu, cuda, cuda:1, ...")
-    distributed: str = _f("ddp", "multi-process mode under torchrun: ddp (all-reduce gradients) or fsdp")
-    threads: int = _f(0, "torch CPU threads (0 = torch's default)")
+    distributed: str = _f("ddp", "multi-process mode under torchrun: ddp (all-reduce gradients) or fsdp "
+                          "(FSDP2 fully_shard)", choices=("ddp", "fsdp"))
+    threads: int = _f(0, "torch CPU threads (0 = torch's default)", ge=0)
     model: ModelConfig = _f(factory=ModelConfig, help="the model")
     sampler: SamplerConfig = _f(factory=SamplerConfig, help="the rollout sampler")
     reward: RewardConfig = _f(factory=RewardConfig, help="the reward")
@@ -155,6 +187,34 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------------------- loading & overrides
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core-schema scalars: ``1e-4`` is a float (YAML 1.1 reads it
+    as a string) and only true/false are booleans (``no``, ``off``, ``yes`` stay strings)."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str, source: str = "config"):
+    """Parse YAML with :class:`YamlLoader`; a syntax error is one line naming ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=YamlLoader)  # noqa: S506  (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{source}:{where}: YAML syntax error: {problem}") from None
+
 
 def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
@@ -251,15 +311,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=YamlLoader) if raw.strip() else ""  # noqa: S506
     except yaml.YAMLError:
         value = raw
-    # YAML 1.1 reads "1e-4" as a string; accept float-like strings as numbers.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            pass
     return key.split("."), value
 
 
@@ -293,7 +347,9 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 
 def _read_yaml(path: Path) -> dict:
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path.read_text(), str(path)) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a YAML mapping of config sections, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is not None:  # single inheritance: `base: other.yaml` (relative to this file or shipped name)
         base_path = path.parent / base if (path.parent / base).is_file() else resolve_config_path(base)
@@ -322,58 +378,43 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate(cfg: RunConfig) -> None:
-    """Range and choice checks; every message names the key."""
-    from ..advantages import ADVANTAGES
-    from ..credit import available_credit
-    from ..objectives import KL_FORMS, OBJECTIVES
-    from ..samplers import SAMPLER_NAMES
+def _fmt(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
 
-    s, t, d = cfg.sampler, cfg.train, cfg.data
-    _check(cfg.epochs > 0, f"epochs: must be > 0, got {cfg.epochs}")
-    _check(cfg.distributed in ("ddp", "fsdp"), f"distributed: must be ddp or fsdp, got {cfg.distributed!r}")
-    _check(cfg.threads >= 0, f"threads: must be >= 0, got {cfg.threads}")
-    _check(s.name in SAMPLER_NAMES and s.name != "ode",
-           f"sampler.name: must be ddim, dance-sde or flow-sde, got {s.name!r}")
-    _check(s.steps > 0, f"sampler.steps: must be > 0, got {s.steps}")
-    _check(s.eta > 0, f"sampler.eta: must be > 0 for training (eta = 0 has no log-density), got {s.eta}")
-    _check(s.shift > 0, f"sampler.shift: must be > 0, got {s.shift}")
-    _check(s.spacing in ("leading", "trailing", "linspace"),
-           f"sampler.spacing: must be leading, trailing or linspace, got {s.spacing!r}")
-    _check(s.guidance_scale >= 0, f"sampler.guidance_scale: must be >= 0, got {s.guidance_scale}")
-    _check(s.rollout_batch > 0, f"sampler.rollout_batch: must be > 0, got {s.rollout_batch}")
-    _check(s.eval_steps is None or s.eval_steps > 0, f"sampler.eval_steps: must be > 0, got {s.eval_steps}")
-    _check(d.prompts_per_epoch > 0, f"data.prompts_per_epoch: must be > 0, got {d.prompts_per_epoch}")
-    _check(d.group_size > 1, f"data.group_size: must be > 1 (advantages need a group), got {d.group_size}")
-    _check(t.objective in OBJECTIVES, f"train.objective: must be one of {sorted(OBJECTIVES)}, got {t.objective!r}")
-    _check(t.credit is None or t.credit in available_credit(),
-           f"train.credit: must be one of {available_credit()} or null, got {t.credit!r}")
-    _check(t.w_star is None or t.w_star > 0, f"train.w_star: must be > 0 or null, got {t.w_star}")
-    _check(t.clip_range > 0, f"train.clip_range: must be > 0, got {t.clip_range}")
-    _check(t.adv_clip > 0, f"train.adv_clip: must be > 0, got {t.adv_clip}")
-    _check(t.advantage in ADVANTAGES, f"train.advantage: must be one of {sorted(ADVANTAGES)}, got {t.advantage!r}")
-    _check(t.tracker_buffer > 0 and t.tracker_min_count > 0,
-           "train.tracker_buffer / train.tracker_min_count: must be > 0")
-    _check(t.timestep_selection in ("all_shuffled", "drop_last_random", "first_fraction"),
-           f"train.timestep_selection: must be all_shuffled, drop_last_random or first_fraction, got {t.timestep_selection!r}")
-    _check(0 < t.timestep_fraction <= 1, f"train.timestep_fraction: must be in (0, 1], got {t.timestep_fraction}")
-    _check(t.inner_epochs > 0, f"train.inner_epochs: must be > 0, got {t.inner_epochs}")
-    _check(t.minibatch_size >= 0, f"train.minibatch_size: must be >= 0, got {t.minibatch_size}")
-    _check(t.micro_batch > 0, f"train.micro_batch: must be > 0, got {t.micro_batch}")
-    _check(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
-    _check(t.weight_decay >= 0, f"train.weight_decay: must be >= 0, got {t.weight_decay}")
-    _check(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
+
+def check_fields(obj, prefix: str = "") -> None:
+    """The generic validator: every field's ``choices`` and bounds from its metadata, recursively."""
+    for f in dataclasses.fields(obj):
+        key, value, meta = prefix + f.name, getattr(obj, f.name), f.metadata
+        if dataclasses.is_dataclass(value):
+            check_fields(value, key + ".")
+            continue
+        if value is None:
+            continue
+        choices = meta.get("choices")
+        if choices is not None:
+            names = choices() if callable(choices) else choices
+            _check(value in names, f"{key}: must be one of {', '.join(names)}, got {_fmt(value)}")
+        for bound, ok, word in (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
+                                ("le", lambda v, b: v <= b, "<=")):
+            if bound in meta:
+                _check(ok(value, meta[bound]), f"{key}: must be {word} {meta[bound]}, got {_fmt(value)}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Field checks (:func:`check_fields`) plus the few that involve several fields."""
+    from ..algo.credit import CREDIT
+    from ..algo.objectives import OBJECTIVES
+
+    check_fields(cfg)
+    t = cfg.train
+    _check(len(t.adam_betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in t.adam_betas),
            f"train.adam_betas: must be two numbers in [0, 1), got {list(t.adam_betas)}")
-    _check(t.max_grad_norm >= 0, f"train.max_grad_norm: must be >= 0, got {t.max_grad_norm}")
-    _check(t.kl_beta >= 0, f"train.kl_beta: must be >= 0, got {t.kl_beta}")
-    _check(t.kl_form in KL_FORMS, f"train.kl_form: must be one of {list(KL_FORMS)}, got {t.kl_form!r}")
-    _check(t.mixed_precision in ("no", "bf16", "fp16"),
-           f"train.mixed_precision: must be no, bf16 or fp16, got {t.mixed_precision!r}")
-    _check(t.max_nonfinite > 0, f"train.max_nonfinite: must be > 0, got {t.max_nonfinite}")
-    _check(cfg.eval.every >= 0, f"eval.every: must be >= 0, got {cfg.eval.every}")
-    _check(cfg.eval.images_per_prompt > 0, f"eval.images_per_prompt: must be > 0, got {cfg.eval.images_per_prompt}")
-    _check(cfg.checkpoint.every > 0, f"checkpoint.every: must be > 0, got {cfg.checkpoint.every}")
-    _check(cfg.checkpoint.keep_last > 0, f"checkpoint.keep_last: must be > 0, got {cfg.checkpoint.keep_last}")
+    credit = t.credit or OBJECTIVES.get(t.objective).default_credit
+    for option in ("w_star",):
+        _check(getattr(t, option) is None or option in CREDIT.meta(credit)["options"],
+               f"train.{option}: not an option of credit {credit!r}; set train.credit to a scheme that takes it "
+               f"or remove it")
     _check(bool(cfg.reward.name) or bool(cfg.reward.weights), "reward.name: give a reward name or reward.weights")
     for k, w in cfg.reward.weights.items():
         _check(isinstance(w, (int, float)) and not isinstance(w, bool),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import os
@@ -26,106 +25,29 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..advantages import build_advantage
-from ..credit import credit_weights
-from ..logprob import log_ratio_from_terms, ratio_terms
+from ..algo.advantages import advantage_from_config
+from ..algo.step import PolicyStep, StepStats
+from ..algo.timesteps import select_timesteps
 from ..models.base import ModelAdapter, cond_select
-from ..objectives import get_objective, kl_penalty, zero_grad_mask
-from ..samplers import DDIMSampler, FlowSampler, Sampler, build_sampler
+from ..run import (
+    build_run_reward,
+    build_run_sampler,
+    derived_generator,
+    load_adapter,
+    load_run_config,
+    resolve_device,
+    resolve_prompts,
+)
+from ..samplers import generate, rollout
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from .config import ConfigError, RunConfig, to_dict
 from .distributed import DistContext
 
+__all__ = ["NonFiniteError", "Rollout", "Trainer", "select_timesteps"]
+
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive updates had a NaN/inf loss or reward."""
-
-
-# ---------------------------------------------------------------------------- helpers
-
-def resolve_prompts(spec, field: str) -> list[str]:
-    """Prompt list from ``world:train|heldout|all``, a file (one per line) or a list."""
-    if isinstance(spec, (list, tuple)):
-        prompts = [str(p) for p in spec]
-    elif isinstance(spec, str) and spec.startswith("world:"):
-        from ..world import data as world
-
-        table = {"train": world.TRAIN_PROMPTS, "heldout": world.HELDOUT_PROMPTS, "all": world.PROMPTS}
-        key = spec.split(":", 1)[1]
-        if key not in table:
-            raise ConfigError(f"{field}: unknown world split {key!r}; use world:train, world:heldout or world:all")
-        prompts = list(table[key])
-    elif isinstance(spec, str) and Path(spec).is_file():
-        prompts = [ln.strip() for ln in Path(spec).read_text().splitlines() if ln.strip()]
-    else:
-        raise ConfigError(f"{field}: {spec!r} is neither world:<split>, an existing file, nor a list")
-    if not prompts:
-        raise ConfigError(f"{field}: no prompts")
-    return prompts
-
-
-def derived_generator(seed: int, *parts, device: str | torch.device = "cpu") -> torch.Generator:
-    """A generator seeded from (seed, parts): per epoch/rank/purpose streams, so resume is exact."""
-    h = hashlib.sha256(repr((seed, *parts)).encode()).digest()
-    g = torch.Generator(device=device)
-    g.manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
-    return g
-
-
-def select_timesteps(mode: str, fraction: float, eligible: list[int], gen: torch.Generator) -> list[int]:
-    """Which steps of one trajectory are trained (method.md §3, baseline conventions).
-
-    * ``all_shuffled`` (DDPO): a random permutation of the steps, the first ``int(n·fraction)``.
-    * ``drop_last_random`` (DanceGRPO): drop the last step, then a random ``fraction`` of the rest.
-    * ``first_fraction`` (Flow-GRPO): the first ``int(n·fraction)`` steps in order (0.99 → never the last).
-    """
-    steps = list(eligible)
-    if mode == "drop_last_random":
-        steps = steps[:-1] or steps
-    n = max(1, int(len(steps) * fraction))
-    if mode == "first_fraction":
-        return steps[:n]
-    perm = torch.randperm(len(steps), generator=gen).tolist()
-    return sorted(steps[j] for j in perm[:n])
-
-
-def make_eval_sampler(sampler: Sampler, steps: int | None) -> Sampler:
-    """The deterministic counterpart of a training sampler (ODE / DDIM η = 0)."""
-    n = steps or sampler.num_steps
-    if isinstance(sampler, DDIMSampler):
-        return DDIMSampler(n, eta=0.0, betas=sampler.betas, num_train_timesteps=sampler.num_train_timesteps,
-                           spacing=sampler.spacing, steps_offset=sampler.steps_offset,
-                           final_alpha_one=sampler.final_alpha_one, prediction_type=sampler.prediction_type)
-    assert isinstance(sampler, FlowSampler)
-    return FlowSampler(n, eta=0.0, noise="dance", shift=sampler.shift)
-
-
-def build_run_sampler(cfg: RunConfig, adapter: ModelAdapter) -> Sampler:
-    """The rollout sampler a run's config describes for ``adapter`` (flow SDEs or DDIM on its schedule)."""
-    s = cfg.sampler
-    if adapter.prediction_type == "flow":
-        if s.name == "ddim":
-            raise ConfigError(f"sampler.name: ddim needs a diffusion model, but model.family "
-                              f"{cfg.model.family!r} is a flow model; use dance-sde or flow-sde")
-        return build_sampler(s.name, s.steps, s.eta, shift=s.shift)
-    if s.name != "ddim":
-        raise ConfigError(f"sampler.name: {s.name} needs a flow model, but model.family "
-                          f"{cfg.model.family!r} is a diffusion model; use ddim")
-    sched = dict(adapter.ddim_schedule())
-    sched.setdefault("prediction_type", adapter.prediction_type)
-    sched["spacing"] = s.spacing
-    return build_sampler("ddim", s.steps, s.eta, **sched)
-
-
-def build_run_reward(cfg: RunConfig):
-    """The reward a run's config describes: one registered reward or a weighted sum."""
-    from ..rewards.registry import WeightedSum, build_reward
-
-    r = cfg.reward
-    if r.weights:
-        return WeightedSum({name: (float(w), build_reward(name, **r.options.get(name, {})))
-                            for name, w in r.weights.items()})
-    return build_reward(r.name, **r.options)
 
 
 @dataclass
@@ -149,9 +71,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-        )
+        self.device = resolve_device(cfg.device)
         self.dist = DistContext.from_env(self.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -168,24 +88,12 @@ class Trainer:
         self.adapter = adapter if adapter is not None else self._load_model()
         self.adapter.denoiser.eval()  # no dropout: the log-ratio must be a function of the weights
         self.sampler = build_run_sampler(cfg, self.adapter)
-        self.eval_sampler = make_eval_sampler(self.sampler, cfg.sampler.eval_steps)
-        self.objective = get_objective(cfg.train.objective)
-        self.credit_name = cfg.train.credit or self.objective.default_credit
-        kw = {"w_star": cfg.train.w_star} if self.credit_name == "pcpo" else {}
-        if cfg.train.w_star is not None and self.credit_name != "pcpo":
-            raise ConfigError(f"train.w_star: only used with credit pcpo, but credit is {self.credit_name!r}")
-        self.native_w = credit_weights("native", self.sampler).float()
-        self.objective_w = credit_weights(self.credit_name, self.sampler, **kw).float()
-        self.target_w = credit_weights("pcpo", self.sampler, **({"w_star": cfg.train.w_star} if cfg.train.w_star else {})).float()
-        self.dt = self.sampler.dt().float()
+        self.eval_sampler = self.sampler.deterministic(cfg.sampler.eval_steps)
+        self.policy = PolicyStep.from_config(cfg.train, self.sampler)
         self.eligible = [i for i in range(self.sampler.num_steps) if bool(self.sampler.stochastic[i])]
 
         self.reward_fn = reward_fn if reward_fn is not None else build_run_reward(cfg)
-        self.advantage = build_advantage(
-            cfg.train.advantage, adv_clip=cfg.train.adv_clip,
-            **({"buffer_size": cfg.train.tracker_buffer, "min_count": cfg.train.tracker_min_count}
-               if cfg.train.advantage == "per_prompt_tracker" else {}),
-        )
+        self.advantage = advantage_from_config(cfg.train)
         self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"
         if self.fsdp:
             if cfg.train.kl_beta > 0 and not self.adapter.has_reference():
@@ -208,6 +116,8 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.mixed_precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.mixed_precision == "fp16" else None
         self.start_epoch = 0
+        #: model forward passes by purpose (rollout steps, update chunks, KL reference, evaluation)
+        self.passes = {"rollout": 0, "update": 0, "reference": 0, "eval": 0}
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -235,24 +145,15 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
 
     def _load_model(self) -> ModelAdapter:
-        from ..models.loader import load_model
-
-        spec = self.cfg.model.spec()
-        spec.setdefault("device", str(self.device))
-        return load_model(spec).to(self.device)
+        return load_adapter(self.cfg, self.device)
 
     # ---- resume -----------------------------------------------------------------------------
     @classmethod
     def resume(cls, run_dir: str | Path, overrides: list[str] | None = None, **kw) -> Trainer:
-        from .config import apply_overrides, from_dict, validate
-
         run_dir = Path(run_dir)
-        cfg_path = run_dir / "config.yaml"
-        if not cfg_path.is_file():
+        if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume: {run_dir} has no config.yaml; is it a pcpo run directory?")
-        data = apply_overrides(yaml.safe_load(cfg_path.read_text()), overrides or [])
-        cfg = from_dict(RunConfig, data)
-        validate(cfg)
+        cfg = load_run_config(run_dir, overrides)
         trainer = cls(cfg, run_dir, _resuming=True, **kw)
         ckpts = list_checkpoints(run_dir)
         if ckpts:
@@ -368,168 +269,105 @@ class Trainer:
         local_prompts = prompts[sl]
         cond = self.adapter.encode_prompts(local_prompts)
         gen = derived_generator(self.cfg.seed, "rollout", epoch, self.dist.rank, device=self.device)
-        N, B = self.sampler.num_steps, len(local_prompts)
-        states = torch.empty((B, N, *x_local.shape[1:]), dtype=torch.float32, device=self.device)
-        noise = torch.empty_like(states)
-        preds = torch.empty_like(states)
-        finals = []
-        rb = self.cfg.sampler.rollout_batch
-        bar = tqdm(total=N * math.ceil(B / rb), desc="rollout", leave=False, disable=not self._bars())
+        B, rb = len(local_prompts), self.cfg.sampler.rollout_batch
+        bar = tqdm(total=self.sampler.num_steps * math.ceil(B / rb), desc="rollout", leave=False,
+                   disable=not self._bars())
+        parts = []
         for start in range(0, B, rb):
             idx = torch.arange(start, min(B, start + rb))
-            x = x_local[idx].float()
             c = cond_select(cond, idx.to(next(iter(cond.values())).device)) if cond else cond
-            for i in range(N):
-                step_idx = torch.full((len(idx),), i, dtype=torch.long)
-                p = self._predict(self.adapter, x, step_idx, c)
-                out = self.sampler.step(i, x, p, generator=gen)
-                states[idx, i] = x
-                noise[idx, i] = out.noise
-                preds[idx, i] = p
-                x = out.prev_sample
-                bar.update()
-            finals.append(x)
+            parts.append(rollout(self.sampler, x_local[idx].float(),
+                                 lambda x, step_idx, c=c: self._predict(self.adapter, x, step_idx, c),
+                                 generator=gen, on_step=bar.update))
+            self.passes["rollout"] += self.sampler.num_steps
         bar.close()
-        images = self.adapter.decode(torch.cat(finals)).float()
+        images = self.adapter.decode(torch.cat([t.final for t in parts])).float()
+        states, noise, preds = (torch.cat([getattr(t, k) for t in parts]) for k in ("states", "noise", "preds"))
         return Rollout(local_prompts, cond, states, noise, preds, images), prompts, keys
 
     def compute_advantages(self, rewards_local: torch.Tensor, global_keys: list[int],
                            global_prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rewards = self.dist.all_gather_cat(rewards_local.float().to(self.device)).cpu()
-        keys = global_prompts if self.cfg.train.advantage == "per_prompt_tracker" else global_keys
+        keys = global_prompts if self.advantage.group_by == "prompt" else global_keys
         adv = self.advantage(rewards, keys)
         return rewards, adv[self.local_slice(len(global_keys))]
 
     def update(self, ro: Rollout, adv: torch.Tensor, epoch: int) -> dict:
+        """Chunk the trained pairs of each minibatch, call the policy step, backpropagate, step."""
         cfg = self.cfg.train
         B = ro.states.shape[0]
-        N = self.sampler.num_steps
         gen = derived_generator(self.cfg.seed, "update", epoch, self.dist.rank)
         mb_local = (cfg.minibatch_size or B * self.dist.world_size) // self.dist.world_size
         adv = adv.to(self.device)
-        agg: dict[str, list] = {"loss": [], "clipfrac": [], "abs_log_ratio": [], "approx_kl": [], "kl": [],
-                                "grad_norm": []}
-        step_stats = {k: torch.zeros(N, dtype=torch.float64) for k in ("clip", "zero_grad", "abslr", "count")}
-        first_abs_lr = None
-        kl_first = None
+        stats = StepStats(self.sampler.num_steps)
+        passes0 = self.passes["update"]
         skipped = 0
-        n_forward = 0
         selections = [select_timesteps(cfg.timestep_selection, cfg.timestep_fraction, self.eligible, gen)
                       for _ in range(B)]
-        total_mb = cfg.inner_epochs * (B // mb_local)
-        bar = tqdm(total=total_mb, desc="update", leave=False, disable=not self._bars())
+        bar = tqdm(total=cfg.inner_epochs * (B // mb_local), desc="update", leave=False, disable=not self._bars())
         for inner in range(cfg.inner_epochs):
             order = torch.randperm(B, generator=gen).tolist()
             for m0 in range(0, B, mb_local):
-                samples = order[m0:m0 + mb_local]
-                pairs = sorted((i, b) for b in samples for i in selections[b])
-                n_pairs = len(pairs)
+                pairs = sorted((i, b) for b in order[m0:m0 + mb_local] for i in selections[b])
                 self.optimizer.zero_grad(set_to_none=True)
                 bad = False
-                mb_abs_lr_max = 0.0
-                for c0 in range(0, n_pairs, cfg.micro_batch):
+                for c0 in range(0, len(pairs), cfg.micro_batch):
                     chunk = pairs[c0:c0 + cfg.micro_batch]
                     s_idx = torch.tensor([i for i, _ in chunk], dtype=torch.long)
-                    b_idx = torch.tensor([b for _, b in chunk], dtype=torch.long)
-                    bi, si = b_idx.to(self.device), s_idx.to(self.device)
-                    x = ro.states[bi, si]
-                    cond = cond_select(ro.cond, bi.to(next(iter(ro.cond.values())).device)) if ro.cond else ro.cond
-                    p = self._predict(self.adapter, x, s_idx, cond)
-                    n_forward += 1
-                    lin, sq = ratio_terms(p, ro.pred_old[bi, si], ro.noise[bi, si])
-                    w_obj = self.objective_w[s_idx].to(self.device)
-                    log_ratio = log_ratio_from_terms(lin, sq, w_obj, quadratic=not cfg.linear_only)
-                    loss, m = self.objective.compute_loss(log_ratio, adv[bi], clip_range=cfg.clip_range)
-                    native_lr = log_ratio_from_terms(lin.detach(), sq.detach(), self.native_w[s_idx].to(self.device))
-                    if cfg.kl_beta > 0:
-                        with torch.no_grad():
-                            if self.ref_adapter is not None:
-                                p_ref = self._predict(self.ref_adapter, x, s_idx, cond)
-                            else:
-                                with self.adapter.reference():
-                                    p_ref = self._predict(self.adapter, x, s_idx, cond)
-                        _, sq_ref = ratio_terms(p, p_ref, torch.zeros_like(p))
-                        w_kl = (self.target_w if cfg.kl_form == "pcpo" else self.native_w)[s_idx].to(self.device)
-                        kl = kl_penalty(sq_ref, w_kl, cfg.kl_form, self.dt[s_idx].to(self.device)).mean()
-                        loss = loss + cfg.kl_beta * kl
-                        agg["kl"].append(float(kl.detach()))
-                        if kl_first is None:
-                            kl_first = float(kl.detach())
-                    if not torch.isfinite(loss):
+                    res = self._policy_forward(ro, adv, s_idx, torch.tensor([b for _, b in chunk], dtype=torch.long))
+                    if not torch.isfinite(res.loss):
                         bad = True
                         break
-                    scaled = loss * (len(chunk) / n_pairs)
-                    if self.scaler is not None:
-                        self.scaler.scale(scaled).backward()
-                    else:
-                        scaled.backward()
-                    # bookkeeping (off the graph)
-                    with torch.no_grad():
-                        w = len(chunk) / n_pairs
-                        agg["loss"].append(float(loss) * w)
-                        agg["clipfrac"].append(m["clipfrac"] * w)
-                        agg["abs_log_ratio"].append(m["abs_log_ratio"] * w)
-                        agg["approx_kl"].append(m["approx_kl"] * w)
-                        flat = (self._clip_mask(log_ratio.detach(), adv[bi])).double().cpu()
-                        step_stats["clip"].index_add_(0, s_idx, flat)
-                        zg = zero_grad_mask(self.objective.name, log_ratio, adv[bi], cfg.clip_range)
-                        step_stats["zero_grad"].index_add_(0, s_idx, zg.double().cpu())
-                        step_stats["abslr"].index_add_(0, s_idx, native_lr.abs().double().cpu())
-                        step_stats["count"].index_add_(0, s_idx, torch.ones(len(chunk), dtype=torch.float64))
-                        mb_abs_lr_max = max(mb_abs_lr_max, float(native_lr.abs().max()))
-                if first_abs_lr is None and inner == 0:
-                    first_abs_lr = mb_abs_lr_max
-                bad = self.dist.any(bad, self.device)
-                if bad:
+                    self._backward(res.loss * (len(chunk) / len(pairs)))
+                    stats.add(res, s_idx, len(chunk) / len(pairs))
+                stats.end_minibatch(first=inner == 0)
+                if self.dist.any(bad, self.device):
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
                     self._nonfinite("loss")
                 else:
-                    if not self.fsdp:  # FSDP reduce-scatters gradients in backward
-                        self.dist.all_reduce_mean_([p.grad for p in self.params if p.grad is not None])
-                    if self.scaler is not None:
-                        self.scaler.unscale_(self.optimizer)
-                    gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-                    agg["grad_norm"].append(float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn))
-                    if self.scaler is not None:
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                    else:
-                        self.optimizer.step()
+                    stats.grad_norms.append(self._optimizer_step())
                     self.nonfinite_streak = 0
                 bar.update()
         bar.close()
-        n_mb = max(1, total_mb - skipped)
-        cnt = step_stats["count"].clamp(min=1)
+        return {**stats.summary(cfg.inner_epochs * (B // mb_local) - skipped), "updates_skipped": skipped,
+                "forward_passes": self.passes["update"] - passes0}
 
-        def per_step(v):
-            return [float(x) if c > 0 else None for x, c in zip((v / cnt).tolist(), step_stats["count"].tolist())]
+    def _policy_forward(self, ro: Rollout, adv: torch.Tensor, s_idx: torch.Tensor, b_idx: torch.Tensor):
+        """Forward the pairs (b_idx, s_idx) and evaluate the policy step on them."""
+        bi, si = b_idx.to(self.device), s_idx.to(self.device)
+        x = ro.states[bi, si]
+        cond = cond_select(ro.cond, bi.to(next(iter(ro.cond.values())).device)) if ro.cond else ro.cond
+        p = self._predict(self.adapter, x, s_idx, cond)
+        self.passes["update"] += 1
+        p_ref = None
+        if self.policy.needs_reference:
+            with torch.no_grad():
+                if self.ref_adapter is not None:
+                    p_ref = self._predict(self.ref_adapter, x, s_idx, cond)
+                else:
+                    with self.adapter.reference():
+                        p_ref = self._predict(self.adapter, x, s_idx, cond)
+            self.passes["reference"] += 1
+        return self.policy(p, ro.pred_old[bi, si], ro.noise[bi, si], adv[bi], s_idx, pred_ref=p_ref)
 
-        return {
-            "loss": sum(agg["loss"]) / n_mb if agg["loss"] else float("nan"),
-            "clipfrac": sum(agg["clipfrac"]) / n_mb if agg["clipfrac"] else float("nan"),
-            "abs_log_ratio": sum(agg["abs_log_ratio"]) / n_mb if agg["abs_log_ratio"] else float("nan"),
-            "approx_kl": sum(agg["approx_kl"]) / n_mb if agg["approx_kl"] else float("nan"),
-            "kl": sum(agg["kl"]) / len(agg["kl"]) if agg["kl"] else 0.0,
-            "kl_first": kl_first,
-            "grad_norm": sum(agg["grad_norm"]) / len(agg["grad_norm"]) if agg["grad_norm"] else float("nan"),
-            "clipfrac_per_step": per_step(step_stats["clip"]),
-            "zero_grad_frac": float(step_stats["zero_grad"].sum() / step_stats["count"].sum().clamp(min=1)),
-            "zero_grad_frac_per_step": per_step(step_stats["zero_grad"]),
-            "abs_log_ratio_per_step": per_step(step_stats["abslr"]),
-            "log_ratio_before_update_max": first_abs_lr,
-            "updates_skipped": skipped,
-            "forward_passes": n_forward,
-            "trained_pairs": int(step_stats["count"].sum()),
-        }
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def _clip_mask(self, log_ratio: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-        """The logged ``clipfrac``: the baselines' |ρ − 1| > ξ for the clipped ratio, the flat side otherwise.
-
-        ``zero_grad_frac`` (the flat side for every objective) is the like-for-like comparison."""
-        if self.objective.name == "clipped":
-            return (torch.exp(log_ratio) - 1).abs() > self.cfg.train.clip_range
-        return zero_grad_mask(self.objective.name, log_ratio, adv, self.cfg.train.clip_range)
+    def _optimizer_step(self) -> float:
+        """All-reduce (DDP; FSDP reduce-scatters in backward), clip, step; returns the gradient norm."""
+        if not self.fsdp:
+            self.dist.all_reduce_mean_([p.grad for p in self.params if p.grad is not None])
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
+        gn = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
 
     def _nonfinite(self, what: str) -> None:
         self.nonfinite_streak += 1
@@ -544,20 +382,14 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, epoch: int) -> dict:
         """Held-out prompts with the deterministic sampler and a fixed noise seed (rank 0 only)."""
-        from ..samplers import sample
 
         cfg = self.cfg.eval
         prompts = [p for p in self.eval_prompts for _ in range(cfg.images_per_prompt)]
         gen = derived_generator(cfg.seed, "eval", device=self.device)
         x = self.adapter.initial_noise(len(prompts), generator=gen)
-        finals = []
-        rb = self.cfg.sampler.rollout_batch
-        for s0 in range(0, len(prompts), rb):
-            sl = slice(s0, s0 + rb)
-            with self._autocast():
-                finals.append(sample(self.adapter, self.eval_sampler, prompts[sl], self.cfg.sampler.guidance_scale,
-                                     x=x[sl].float()))
-        images = self.adapter.decode(torch.cat(finals).float()).float()
+        images = generate(self.adapter, self.eval_sampler, prompts, self.cfg.sampler.guidance_scale, x,
+                          batch=self.cfg.sampler.rollout_batch, context=self._autocast)
+        self.passes["eval"] += self.eval_sampler.num_steps * math.ceil(len(prompts) / self.cfg.sampler.rollout_batch)
         rewards = self.reward_fn(images, prompts).float().cpu()
         out = {"eval_reward_mean": float(rewards.mean()), "eval_reward_std": float(rewards.std(unbiased=False))}
         comps = getattr(self.reward_fn, "components", None)
@@ -567,7 +399,7 @@ class Trainer:
         if cfg.gold and self.cfg.model.family.startswith("toy"):
             out.update(self._gold(images, prompts))
         if cfg.grid and self.dist.is_main:
-            from ..viz import save_grid
+            from ..figures import save_grid
 
             grid_dir = self.run_dir / "images"
             grid_dir.mkdir(exist_ok=True)
@@ -641,8 +473,8 @@ class Trainer:
         cfg = self.cfg
         self._open_loggers()
         if self.dist.is_main and self.start_epoch == 0:
-            from ..credit import credit_table
-            from ..plots import plot_credit
+            from ..algo.credit import credit_table
+            from ..figures import plot_credit
 
             table = credit_table(self.sampler, w_star=cfg.train.w_star)
             (self.run_dir / "credit.json").write_text(json.dumps(table, indent=1))
@@ -724,7 +556,7 @@ class Trainer:
     def _plot_curves(self) -> None:
         if not self.dist.is_main:
             return
-        from ..plots import plot_training
+        from ..figures import plot_training
 
         plot_training(self.read_metrics(), str(self.run_dir / "curves.png"))
 

@@ -32,13 +32,11 @@ def _sampler(adapter, steps: int):
 def sample_images(adapter, seed: int = 0, n: int = BAR["n"], steps: int = BAR["steps"],
                   guidance_scale: float = BAR["guidance_scale"]) -> tuple[torch.Tensor, list[str]]:
     """``n`` images in [0, 1] for the prompts 0, 1, ..., 31, 0, 1, ... from noise seed ``seed``."""
-    from pcpo.samplers import sample
+    from pcpo.samplers import generate
 
     prompts = [data.PROMPTS[i % len(data.PROMPTS)] for i in range(n)]
-    with torch.no_grad():
-        x = sample(adapter, _sampler(adapter, steps), prompts, guidance_scale,
-                   generator=torch.Generator().manual_seed(seed))
-        return adapter.decode(x), prompts
+    x = adapter.initial_noise(n, generator=torch.Generator().manual_seed(seed))
+    return generate(adapter, _sampler(adapter, steps), prompts, guidance_scale, x, batch=n), prompts
 
 
 def toy_quality(adapter, seeds: Sequence[int] = (0,), n: int = BAR["n"], steps: int = BAR["steps"],
@@ -113,7 +111,7 @@ def run_check(args: argparse.Namespace) -> int:
     print(f"toy-{args.model}: mean prompt accuracy {m:.3f} over {len(res['per_seed'])} seed(s) "
           f"({'passes' if ok else 'BELOW'} the {args.min_accuracy} bar)")
     if args.grid is not None:
-        from pcpo.viz import save_grid
+        from pcpo.figures import save_grid
 
         save_grid(first[0][:64], args.grid, nrow=8)
         print(f"grid: {args.grid}")

@@ -1,4 +1,4 @@
-"""Advantage estimators (method.md §3), each with serialisable state for exact resume.
+"""Advantage estimators (docs/method.md §3), each with serialisable state for exact resume.
 
 * ``group``: ``(r − mean_g)/(std_g + eps)`` within each group (population std), DanceGRPO/GRPO style.
 * ``per_prompt_tracker``: DDPO's per-prompt stat tracker — a buffer of the last ``buffer_size`` rewards
@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Sequence
 
 import torch
+
+from ..registry import Registry
 
 
 def _population_std(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +38,13 @@ def clip_advantages(adv: torch.Tensor, adv_clip: float) -> torch.Tensor:
 
 
 class AdvantageEstimator:
+    """Base class. ``group_by`` says what identifies a group: ``"group"`` (the epoch's group ids) or
+    ``"prompt"`` (the prompt string, across epochs); ``options`` maps constructor keywords to the
+    ``train.*`` config fields that set them."""
+
     name = "base"
+    group_by = "group"
+    options: dict[str, str] = {}
 
     def __init__(self, adv_clip: float = 5.0, eps: float = 1e-8):
         if not adv_clip > 0:
@@ -92,6 +100,8 @@ class PerPromptStatTracker(AdvantageEstimator):
     """DDPO's tracker: per-prompt buffers of recent rewards; batch statistics below ``min_count``."""
 
     name = "per_prompt_tracker"
+    group_by = "prompt"
+    options = {"buffer_size": "tracker_buffer", "min_count": "tracker_min_count"}
 
     def __init__(self, adv_clip: float = 5.0, eps: float = 1e-6, buffer_size: int = 32, min_count: int = 16):
         super().__init__(adv_clip, eps)
@@ -123,10 +133,16 @@ class PerPromptStatTracker(AdvantageEstimator):
         }
 
 
-ADVANTAGES = {c.name: c for c in (GroupAdvantage, PromptMeanGlobalStd, PerPromptStatTracker)}
+ADVANTAGES: Registry[type[AdvantageEstimator]] = Registry("advantage estimator", field="train.advantage")
+for _cls in (GroupAdvantage, PromptMeanGlobalStd, PerPromptStatTracker):
+    ADVANTAGES.add(_cls.name, _cls)
 
 
 def build_advantage(name: str, **kwargs) -> AdvantageEstimator:
-    if name not in ADVANTAGES:
-        raise ValueError(f"advantage must be one of {sorted(ADVANTAGES)}, got {name!r}")
-    return ADVANTAGES[name](**kwargs)
+    return ADVANTAGES.get(name)(**kwargs)
+
+
+def advantage_from_config(train_cfg) -> AdvantageEstimator:
+    """The estimator ``train.advantage`` names, with the options it declares read from ``train_cfg``."""
+    cls = ADVANTAGES.get(train_cfg.advantage)
+    return cls(adv_clip=train_cfg.adv_clip, **{k: getattr(train_cfg, f) for k, f in cls.options.items()})

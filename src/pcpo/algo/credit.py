@@ -9,7 +9,8 @@ method.md §2–3).
   this is the constant ``w* = mean(w_j)``. ``w_star`` overrides the mean weight: ``w̃_i = w*·Δt_i/mean(Δt)``.
 * ``uniform``: every step gets ``mean(w_j)`` regardless of Δt (an ablation).
 
-Register more with :func:`register_credit`.
+Register more with :data:`CREDIT` (``@CREDIT.register(name, options=(...))``); ``options`` names the
+run-config fields (``train.<option>``) a scheme takes.
 """
 
 from __future__ import annotations
@@ -18,22 +19,15 @@ from collections.abc import Callable
 
 import torch
 
-from .samplers.base import Sampler
+from ..registry import Registry
+from ..samplers.base import Sampler
 
 CreditFn = Callable[..., torch.Tensor]
-_CREDIT: dict[str, CreditFn] = {}
-
-
-def register_credit(name: str) -> Callable[[CreditFn], CreditFn]:
-    def deco(fn: CreditFn) -> CreditFn:
-        _CREDIT[name] = fn
-        return fn
-
-    return deco
+CREDIT: Registry[CreditFn] = Registry("credit scheme", field="train.credit")
 
 
 def available_credit() -> list[str]:
-    return sorted(_CREDIT)
+    return sorted(CREDIT.names())
 
 
 def _require_stochastic(sampler: Sampler, scheme: str) -> torch.Tensor:
@@ -47,14 +41,14 @@ def _require_stochastic(sampler: Sampler, scheme: str) -> torch.Tensor:
     return w
 
 
-@register_credit("native")
+@CREDIT.register("native", options=())
 def native_credit(sampler: Sampler) -> torch.Tensor:
     """The sampler's own step weights ``c/s`` (float64 [N]; ``inf`` at deterministic steps)."""
     _require_stochastic(sampler, "native")
     return sampler.native_weights()
 
 
-@register_credit("pcpo")
+@CREDIT.register("pcpo", options=("w_star",))
 def pcpo_credit(sampler: Sampler, w_star: float | None = None) -> torch.Tensor:
     """Proportionate credit ``ζ·Δt_i/ΣΔt`` (float64 [N]); ``w_star`` > 0 fixes the mean weight.
 
@@ -73,7 +67,7 @@ def pcpo_credit(sampler: Sampler, w_star: float | None = None) -> torch.Tensor:
     return zeta * dt / dt.sum()
 
 
-@register_credit("uniform")
+@CREDIT.register("uniform", options=())
 def uniform_credit(sampler: Sampler) -> torch.Tensor:
     """Every step weighted by the mean native weight (ignores Δt)."""
     w = _require_stochastic(sampler, "uniform")
@@ -83,9 +77,12 @@ def uniform_credit(sampler: Sampler) -> torch.Tensor:
 
 def credit_weights(name: str, sampler: Sampler, **kwargs) -> torch.Tensor:
     """Weights of the credit scheme ``name`` for ``sampler``."""
-    if name not in _CREDIT:
-        raise ValueError(f"credit must be one of {available_credit()}, got {name!r}")
-    return _CREDIT[name](sampler, **kwargs)
+    return CREDIT.get(name)(sampler, **kwargs)
+
+
+def credit_options(name: str, values: dict) -> dict:
+    """The options scheme ``name`` declares, taken from ``values`` (unset = None are left out)."""
+    return {k: values[k] for k in CREDIT.meta(name)["options"] if values.get(k) is not None}
 
 
 def credit_table(sampler: Sampler, w_star: float | None = None) -> dict:

@@ -1,7 +1,8 @@
-"""Figures for ``pcpo report`` and ``pcpo bench`` (matplotlib, Agg), returned as PNG bytes or saved.
+"""Every picture pcpo draws: image grids (PIL) and the figures of runs, ``pcpo report``, ``pcpo bench``
+and ``pcpo credit`` (matplotlib, Agg), returned as PNG bytes or saved.
 
-Everything takes plain records (the dicts of ``metrics.jsonl``) so figures can be drawn from a finished
-or a running run without touching the model.
+Figures take plain records (the dicts of ``metrics.jsonl``) so they can be drawn from a finished or a
+running run without touching the model.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 OBJECTIVE_STYLE = {
     "clipped": dict(color="#d62728", label="clipped ratio (baseline)"),
@@ -225,3 +229,81 @@ def fig_bench_step_profile(mats: dict, ylabel: str = "clip fraction (mean over e
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ---- image grids ----------------------------------------------------------------------------------
+
+def to_pil(img: torch.Tensor) -> Image.Image:
+    """[3, H, W] float in [0, 1] → RGB image."""
+    arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def make_grid(images: torch.Tensor, nrow: int, labels: Sequence[str] | None = None, scale: int = 2,
+              pad: int = 2) -> Image.Image:
+    """Grid with ``nrow`` images per row (row r labelled ``labels[r]``, in full), each upscaled ``scale``×
+    (nearest); the label column is as wide as the longest label."""
+    n = images.shape[0]
+    rows = (n + nrow - 1) // nrow
+    h, w = images.shape[2] * scale, images.shape[3] * scale
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lw = (max(int(probe.textlength(str(t), font=font)) for t in labels) + 12) if labels else 0
+    grid = Image.new("RGB", (lw + nrow * (w + pad) + pad, rows * (h + pad) + pad), (24, 24, 24))
+    draw = ImageDraw.Draw(grid)
+    for k in range(n):
+        r, c = divmod(k, nrow)
+        tile = to_pil(images[k]).resize((w, h), Image.NEAREST)
+        grid.paste(tile, (lw + pad + c * (w + pad), pad + r * (h + pad)))
+    if labels:
+        for r in range(min(rows, len(labels))):
+            draw.text((6, pad + r * (h + pad) + h // 2 - 5), str(labels[r]), fill=(220, 220, 220), font=font)
+    return grid
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int, labels: Sequence[str] | None = None,
+              scale: int = 2) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, nrow, labels, scale=scale).save(path)
+    return path
+
+
+# ---- run files ------------------------------------------------------------------------------------
+
+def plot_credit(table: dict, path: str) -> None:
+    """Native vs PCPO step weights against the step index (a run's ``credit.png``, ``pcpo credit --plot``)."""
+    fig = fig_credit(table)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_training(records: list[dict], path: str) -> None:
+    """Training reward (mean ± std), held-out reward and clip fraction against epoch (``curves.png``)."""
+    train = [r for r in records if "reward_mean" in r]
+    evals = [r for r in records if "eval_reward_mean" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
+    ax = axes[0]
+    if train:
+        e = [r["epoch"] for r in train]
+        m = [_num(r["reward_mean"]) for r in train]
+        s = [_num(r.get("reward_std", 0.0)) for r in train]
+        ax.plot(e, m, label="training reward")
+        ax.fill_between(e, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.2)
+    if evals:
+        ax.plot([r["epoch"] for r in evals], [_num(r["eval_reward_mean"]) for r in evals], "o-",
+                label="held-out reward (ODE)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("reward (higher is better)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    clip = [r for r in train if isinstance(r.get("clipfrac"), (int, float))]
+    if clip:
+        ax.plot([r["epoch"] for r in clip], [r["clipfrac"] for r in clip], label="clip fraction")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("fraction of clipped (sample, step) pairs")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -65,8 +65,8 @@ def main(argv=None) -> int:
     import torch
 
     from pcpo.models import load_model
+    from pcpo.rewards.server import parse_set
     from pcpo.samplers import DDIMSampler, FlowSampler, sample
-    from pcpo.serve import parse_set
     from pcpo.trainer.config import load_config
     from pcpo.trainer.trainer import Trainer
 

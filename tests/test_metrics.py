@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pcpo.eval import metrics
-from pcpo.world import data
+from pcpo.world import data, metrics
 
 
 def test_frechet_self_is_zero_and_shift_is_squared_norm():

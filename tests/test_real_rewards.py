@@ -133,7 +133,7 @@ def brightness_reward():
 
 
 def _serve(reward, name):
-    from pcpo.serve import make_reward_server
+    from pcpo.rewards.server import make_reward_server
 
     server = make_reward_server(reward, name, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -184,7 +184,7 @@ def test_remote_reward_server_down_fails_fast_and_clearly():
 def test_serve_reward_cli_parser(brightness_reward):
     import argparse
 
-    from pcpo.serve import add_serve_reward_parser, parse_set, serve_reward_main
+    from pcpo.rewards.server import add_serve_reward_parser, parse_set, serve_reward_main
 
     parser = argparse.ArgumentParser()
     add_serve_reward_parser(parser.add_subparsers(dest="command"))

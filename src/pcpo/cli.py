@@ -17,7 +17,7 @@ _SUBCOMMANDS = [
     ("pcpo.trainer.cli", "add_train_parser"),
     ("pcpo.world.pretrain", "add_pretrain_parser"),
     ("pcpo.world.quality", "add_check_parser"),
-    ("pcpo.rewards.remote", "add_serve_reward_parser"),
+    ("pcpo.rewards.server", "add_serve_reward_parser"),
     ("pcpo.eval.cli", "add_eval_parsers"),
 ]
 

@@ -3,7 +3,7 @@
 Both models sample the same prompts from the same fixed noise with the deterministic sampler (flow ODE /
 DDIM η = 0, the trainer's evaluation sampler), so every difference is the fine-tuning's. Reported per
 model: the run's reward (and its components), and on the embedded world the gold metrics of
-:mod:`pcpo.eval.metrics` (prompt accuracy, Fréchet distance to the real reference set, per-prompt
+:mod:`pcpo.world.metrics` (prompt accuracy, Fréchet distance to the real reference set, per-prompt
 diversity) plus the Fréchet distance of the trained samples to the base model's own samples (how far RL
 moved the distribution).
 """
@@ -42,10 +42,10 @@ def _is_world(prompts: list[str]) -> bool:
 
 def gold_metrics(images: torch.Tensor, prompts: list[str], base_images: torch.Tensor | None = None,
                  device: str | torch.device = "cpu") -> dict:
-    """:class:`pcpo.eval.metrics.GoldMetrics` (accuracy, ``fd_real``, ``diversity``, ``fd_base``), or ``{}``
+    """:class:`pcpo.world.metrics.GoldMetrics` (accuracy, ``fd_real``, ``diversity``, ``fd_base``), or ``{}``
     if the world's metrics are unavailable."""
     try:
-        from .metrics import GoldMetrics
+        from ..world.metrics import GoldMetrics
     except ImportError:
         return {}
     return {k: float(v) for k, v in GoldMetrics(device=device)(images, prompts, base_images=base_images).items()}

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import list_checkpoints
 from ..errors import ConfigError
 from ..models.base import ModelAdapter
 from ..run import build_eval_sampler, derived_generator, load_adapter, load_run_config
 from ..samplers import Sampler
 from ..samplers import generate as generate_images
-from ..trainer.checkpoint import list_checkpoints
 from ..trainer.config import RunConfig
 
 

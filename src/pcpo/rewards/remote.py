@@ -1,6 +1,6 @@
 """Client side of remote rewards: ``build_reward("remote", url=..., timeout=..., retries=...)``.
 
-The server is ``pcpo serve-reward NAME --port P`` (:mod:`pcpo.serve`), which wraps any registered reward.
+The server is ``pcpo serve-reward NAME --port P`` (:mod:`pcpo.rewards.server`), which wraps any registered reward.
 Wire format (kept stdlib + numpy): ``POST {url}/score`` with an ``.npz`` body holding ``images``
 ([B, 3, H, W], uint8 by default, or float32 with ``encoding="float32"``) and ``prompts`` (a unicode array);
 the answer is JSON ``{"scores": [...]}`` or ``{"error": "..."}``. ``GET {url}/health`` answers
@@ -20,7 +20,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..serve import add_serve_reward_parser  # noqa: F401  (pcpo.cli looks for the sub-command here)
 from .registry import register_reward
 
 ENCODINGS = ("uint8", "float32")

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..algo.advantages import advantage_from_config
 from ..algo.step import PolicyStep, StepStats
 from ..algo.timesteps import select_timesteps
+from ..checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from ..models.base import ModelAdapter, cond_select
 from ..run import (
     build_run_reward,
@@ -39,7 +40,6 @@ from ..run import (
     resolve_prompts,
 )
 from ..samplers import generate, rollout
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from .config import ConfigError, RunConfig, to_dict
 from .distributed import DistContext
 
@@ -412,8 +412,8 @@ class Trainer:
         if getattr(self, "_gold_metrics", None) is False:
             return {}
         if not hasattr(self, "_gold_metrics"):
-            from ..eval.metrics import GoldMetrics
             from ..world.errors import WeightsError
+            from ..world.metrics import GoldMetrics
 
             try:
                 self._gold_metrics = GoldMetrics(device=self.device)

@@ -5,7 +5,7 @@
 * :mod:`pcpo.world.tokenizer`: CLIP's BPE truncated to 2000 merges, loaded with ``transformers.CLIPTokenizer``.
 * :mod:`pcpo.world.classifier`: the ~63 K-param prompt classifier (alignment reward, gold metrics).
 * :mod:`pcpo.world.nets` / :mod:`pcpo.world.pretrain`: the toy MMDiT models and ``pcpo pretrain-toy``.
-* Adapters: :mod:`pcpo.models.toy`; rewards: :mod:`pcpo.rewards.world`; metrics: :mod:`pcpo.eval.metrics`.
+* Adapters: :mod:`pcpo.models.toy`; rewards: :mod:`pcpo.rewards.world`; metrics: :mod:`pcpo.world.metrics`.
 
 Rebuilding the shipped assets (see each module for details)::
 

@@ -3,7 +3,7 @@
 Why: it is the embedded stand-in for CLIP/ImageReward-style judges. It gives
 * the ``alignment`` reward, ``log p(prompt | image)`` (:mod:`pcpo.rewards.world`),
 * the gold metric *prompt accuracy* and the feature space (64-d, penultimate layer) for Fréchet distance
-  and diversity (:mod:`pcpo.eval.metrics`).
+  and diversity (:mod:`pcpo.world.metrics`).
 
 Trained on procedural world images (:mod:`pcpo.world.data`) with mild noise/blur augmentation so that it
 also reads the slightly blurry samples of the toy models. Shipped as

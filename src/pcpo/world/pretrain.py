@@ -163,7 +163,7 @@ def checkpoint_dir(checkpoint: Path, model: str) -> Path:
 def _save_pretrain_checkpoint(ckpt_dir, model, transformer, text_encoder, opt, sched, ema, gen, step, losses,
                               elapsed) -> None:
     """Everything an exact resume needs, as safetensors + ``state.json``, written atomically."""
-    from pcpo.trainer.checkpoint import optimizer_to_flat, write_state_dir
+    from pcpo.checkpoint import optimizer_to_flat, write_state_dir
 
     weights = nets.join_state(transformer, text_encoder)
     weights.update({f"ema.{i}": e for i, e in enumerate(ema)})
@@ -177,7 +177,7 @@ def _save_pretrain_checkpoint(ckpt_dir, model, transformer, text_encoder, opt, s
 def _load_pretrain_checkpoint(ckpt_dir, model, transformer, text_encoder, opt, sched, ema, gen, dev):
     from safetensors.torch import load_file
 
-    from pcpo.trainer.checkpoint import optimizer_from_flat
+    from pcpo.checkpoint import optimizer_from_flat
 
     payload = json.loads((ckpt_dir / "state.json").read_text())
     if payload.get("model") != model:

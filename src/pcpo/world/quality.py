@@ -46,7 +46,7 @@ def toy_quality(adapter, seeds: Sequence[int] = (0,), n: int = BAR["n"], steps: 
     ``keep_first``: a list that receives the first seed's images (e.g. for a grid), so they are not sampled
     twice.
     """
-    from pcpo.eval.metrics import prompt_accuracy
+    from pcpo.world.metrics import prompt_accuracy
 
     if not seeds:
         raise ValueError("seeds: give at least one noise seed, e.g. seeds=(0,)")

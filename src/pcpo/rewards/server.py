@@ -34,7 +34,7 @@ def parse_set(items: list[str] | None) -> dict:
 
 def make_reward_server(reward, name: str, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     """An HTTP server (not yet serving) scoring with ``reward``; ``port=0`` picks a free port."""
-    from .rewards.remote import decode_request
+    from .remote import decode_request
 
     lock = threading.Lock()
 
@@ -83,7 +83,7 @@ def make_reward_server(reward, name: str, host: str = "127.0.0.1", port: int = 0
 
 def serve_reward(name: str, host: str = "127.0.0.1", port: int = 8000, options: dict | None = None) -> None:
     """Build reward ``name`` with ``options`` and serve it until interrupted."""
-    from .rewards.registry import build_reward
+    from .registry import build_reward
 
     reward = build_reward(name, **(options or {}))
     server = make_reward_server(reward, name, host, port)

@@ -14,7 +14,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="train a model with DDPO, DanceGRPO, Flow-GRPO or PCPO",
         description="With no CONFIG, runs the embedded default: the tiny flow model, PCPO, a prompt-alignment "
         "reward, a few minutes on 2 CPU cores. CONFIG is a YAML file or a shipped config name "
-        "(e.g. flowgrpo-pcpo, ddpo-clipped). Launch multi-process runs with `torchrun --nproc_per_node N "
+        "(e.g. flowgrpo-pcpo, ddpo, dancegrpo-loghinge). Launch multi-process runs with `torchrun --nproc_per_node N "
         "-m pcpo.cli train ...`.",
     )
     p.add_argument("config", nargs="?", default=None, help="YAML file or shipped config name (default: default)")

@@ -55,19 +55,9 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
         description="Runs every (framework, objective, seed) with the framework's shipped config (only seed, "
         "epochs and the run directory overridden, plus the bench file's `set` list), then writes results.md, "
         "results.json and plots into --out.")
-    p.add_argument("--config", default=None, metavar="BENCH.yaml", help="bench settings (target, metric, set, ...)")
-    p.add_argument("--out", default="benchmarks/bench", help="output directory")
-    p.add_argument("--seeds", type=int, default=None)
-    p.add_argument("--frameworks", default=None, help="comma list of ddpo,dancegrpo,flowgrpo")
-    p.add_argument("--objectives", default=None, help="comma list of clipped,log_hinge,pcpo")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--target", type=float, default=None, help="target value of the metric")
-    p.add_argument("--metric", default=None, help="record key for epochs-to-target (default eval_reward_mean)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    p.add_argument("--resume", action="store_true", help="skip finished runs, continue partial ones")
-    p.add_argument("--workers", type=int, default=None,
-                   help="runs trained at once, one process each (default 1; give each run threads=1 on a small CPU)")
-    p.add_argument("--aggregate-only", action="store_true", help="only rewrite results from existing runs")
+    from .bench import add_bench_arguments
+
+    add_bench_arguments(p)
     p.set_defaults(func=_run_bench)
 
 

@@ -16,24 +16,11 @@ from .trainer.config import RunConfig, apply_overrides, from_dict, load_yaml, va
 
 
 def resolve_prompts(spec, field: str) -> list[str]:
-    """Prompt list from ``world:train|heldout|all``, a file (one per line) or a list."""
-    if isinstance(spec, (list, tuple)):
-        prompts = [str(p) for p in spec]
-    elif isinstance(spec, str) and spec.startswith("world:"):
-        from .world import data as world
+    """The prompt list a ``data.prompts``-style spec names (every form of :func:`pcpo.prompts.load_prompts`:
+    lists, ``world:``, ``ddpo:``, text/JSONL/JSON/CSV/TSV files, ``hf:`` datasets, mappings)."""
+    from .prompts import load_prompts
 
-        table = {"train": world.TRAIN_PROMPTS, "heldout": world.HELDOUT_PROMPTS, "all": world.PROMPTS}
-        key = spec.split(":", 1)[1]
-        if key not in table:
-            raise ConfigError(f"{field}: unknown world split {key!r}; use world:train, world:heldout or world:all")
-        prompts = list(table[key])
-    elif isinstance(spec, str) and Path(spec).is_file():
-        prompts = [ln.strip() for ln in Path(spec).read_text().splitlines() if ln.strip()]
-    else:
-        raise ConfigError(f"{field}: {spec!r} is neither world:<split>, an existing file, nor a list")
-    if not prompts:
-        raise ConfigError(f"{field}: no prompts")
-    return prompts
+    return list(load_prompts(spec, field).prompts)
 
 
 def derived_generator(seed: int, *parts, device: str | torch.device = "cpu") -> torch.Generator:

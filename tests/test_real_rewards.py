@@ -1,17 +1,13 @@
-"""Pretrained-model rewards on tiny random models built from configs, the HTTP reward server and client,
-and the one-line errors for missing packages or weights."""
+"""Pretrained-model rewards on tiny random models built from configs, and the one-line errors for missing
+packages or weights (the HTTP reward server and client: tests/test_remote_reward.py)."""
 
 from __future__ import annotations
-
-import socket
-import threading
-import time
 
 import pytest
 import torch
 
 from pcpo.rewards.real import AestheticMLP, RewardLoadError, clip_preprocess
-from pcpo.rewards.registry import available_rewards, build_reward, register_reward
+from pcpo.rewards.registry import available_rewards, build_reward
 
 PROMPTS = ["a red cat", "a blue dog"]
 
@@ -115,112 +111,3 @@ def test_missing_weights_and_packages_fail_in_one_line(tiny_clip_dir, tmp_path):
 def test_rewards_registered():
     names = set(available_rewards())
     assert {"aesthetic", "pickscore", "clip_score", "hpsv2", "image_reward", "remote"} <= names
-
-
-# --------------------------------------------------------------------------------- remote rewards
-
-
-@pytest.fixture(scope="module")
-def brightness_reward():
-    name = "_test_mean_brightness"
-    if name not in available_rewards():
-        @register_reward(name)
-        def _factory(offset: float = 0.0):
-            def reward(imgs, prompts):
-                return imgs.float().mean(dim=(1, 2, 3)) + offset + torch.tensor([len(p) for p in prompts]) * 0.0
-            return reward
-    return name
-
-
-def _serve(reward, name):
-    from pcpo.rewards.server import make_reward_server
-
-    server = make_reward_server(reward, name, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    return server, thread
-
-
-def test_remote_reward_round_trip(brightness_reward):
-    import json
-    import urllib.request
-
-    local = build_reward(brightness_reward, offset=0.25)
-    server, thread = _serve(local, brightness_reward)
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        with urllib.request.urlopen(url + "/health", timeout=5) as r:
-            assert json.loads(r.read()) == {"status": "ok", "reward": brightness_reward}
-        imgs = images(3, 20)
-        exact = build_reward("remote", url=url, timeout=5, retries=0, encoding="float32")
-        assert torch.allclose(exact(imgs, ["a", "b", "c"]), local(imgs, ["a", "b", "c"]), atol=1e-6)
-        quant = build_reward("remote", url=url, timeout=5, retries=0)  # uint8 on the wire
-        assert torch.allclose(quant(imgs, ["a", "b", "c"]), local(imgs, ["a", "b", "c"]), atol=1 / 255)
-        # a server-side error comes back as a one-line error, not retried (HTTP 400)
-        bad = build_reward("remote", url=url + "/nowhere", timeout=5, retries=2, backoff=10.0)
-        t0 = time.time()
-        with pytest.raises(RuntimeError, match="HTTP 404") as e:
-            bad(imgs, ["a", "b", "c"])
-        assert time.time() - t0 < 5 and "\n" not in str(e.value)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def test_remote_reward_server_down_fails_fast_and_clearly():
-    with socket.socket() as s:  # a port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    reward = build_reward("remote", url=f"http://127.0.0.1:{port}", timeout=2, retries=2, backoff=0.05)
-    t0 = time.time()
-    with pytest.raises(RuntimeError) as e:
-        reward(images(1, 8), ["x"])
-    msg = str(e.value)
-    assert "after 3 tries" in msg and "pcpo serve-reward" in msg and "\n" not in msg
-    assert time.time() - t0 < 5
-
-
-def test_serve_reward_cli_parser(brightness_reward):
-    import argparse
-
-    from pcpo.rewards.server import add_serve_reward_parser, parse_set, serve_reward_main
-
-    parser = argparse.ArgumentParser()
-    add_serve_reward_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve-reward", brightness_reward, "--port", "0", "--set", "offset=0.5",
-                              "--set", "name=x y"])
-    assert args.func is serve_reward_main and args.host == "127.0.0.1" and args.port == 0
-    assert parse_set(args.set) == {"offset": 0.5, "name": "x y"}
-    with pytest.raises(ValueError, match="key=value"):
-        parse_set(["oops"])
-
-
-
-def test_pcpo_serve_reward_cli_subprocess():
-    """`pcpo serve-reward brightness --port 0` in its own process, scored by the remote client."""
-    import os
-    import re
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pcpo.cli", "serve-reward", "brightness", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        url = None
-        deadline = time.time() + 120
-        while url is None and time.time() < deadline:  # bounded: the banner line names the port
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-            url = m.group(1) if m else None
-        assert url, "server did not start"
-        imgs = images(2, 16)
-        local = build_reward("brightness")(imgs, PROMPTS)
-        remote = build_reward("remote", url=url, timeout=10, retries=2, backoff=0.2, encoding="float32")
-        assert torch.allclose(remote(imgs, PROMPTS), local, atol=1e-6)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

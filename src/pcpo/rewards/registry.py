@@ -6,9 +6,12 @@ sum ``reward: {sum: {color_match: 1.0, alignment: 0.1}}``. Heavy rewards load la
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
+
+from ..errors import ConfigError
 
 RewardFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
@@ -33,11 +36,40 @@ def available_rewards() -> list[str]:
 
 
 def build_reward(name: str, **kwargs) -> RewardFn:
-    """Build the reward registered as ``name`` with options ``kwargs``."""
+    """Build the reward registered as ``name`` with options ``kwargs``.
+
+    The options are checked against the factory's signature first: an unknown or missing option is a
+    one-line :class:`~pcpo.errors.ConfigError` naming ``reward.options`` and the allowed keys.
+    """
     _import_builtin()
     if name not in _REGISTRY:
-        raise ValueError(f"reward.name: unknown reward {name!r}; choose one of {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)
+        raise ConfigError(f"reward.name: unknown reward {name!r}; choose one of {sorted(_REGISTRY)}")
+    factory = _REGISTRY[name]
+    check_options(name, factory, kwargs)
+    return factory(**kwargs)
+
+
+def check_options(name: str, factory: Callable[..., RewardFn], options: dict) -> None:
+    """Raise a one-line ConfigError if ``options`` do not fit ``factory``'s keyword parameters."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature (some C callables): let the call decide
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        allowed = None  # the factory takes **options itself
+    else:
+        allowed = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if allowed is not None:
+        unknown = [k for k in options if k not in allowed]
+        if unknown:
+            listed = ", ".join(allowed) if allowed else "none (this reward takes no options)"
+            raise ConfigError(f"reward.options: unknown option {unknown[0]!r} for reward {name!r}; "
+                              f"allowed: {listed}")
+    missing = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and p.default is p.empty and p.name not in options]
+    if missing:
+        raise ConfigError(f"reward.options.{missing[0]}: required by reward {name!r}; set it in the "
+                          f"config (reward.options.{missing[0]}: VALUE)")
 
 
 class WeightedSum:
@@ -47,6 +79,13 @@ class WeightedSum:
         if not terms:
             raise ValueError("reward.sum: give at least one reward with its weight")
         self.terms = terms
+
+    def check(self) -> None:
+        """Run the ``check()`` of every term that has one (e.g. a remote reward's health check)."""
+        for _, fn in self.terms.values():
+            check = getattr(fn, "check", None)
+            if callable(check):
+                check()
 
     def components(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         return {name: fn(images, prompts).float() for name, (_, fn) in self.terms.items()}
@@ -60,7 +99,7 @@ def _import_builtin() -> None:
     # Importing the modules registers their rewards. Kept lazy so `import pcpo` stays light.
     import importlib
 
-    for mod in ("pcpo.rewards.world", "pcpo.rewards.real"):
+    for mod in ("pcpo.rewards.world", "pcpo.rewards.remote", "pcpo.rewards.real"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:  # module not written yet / optional

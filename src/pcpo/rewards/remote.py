@@ -2,33 +2,57 @@
 
 The server is ``pcpo serve-reward NAME --port P`` (:mod:`pcpo.rewards.server`), which wraps any registered reward.
 Wire format (kept stdlib + numpy): ``POST {url}/score`` with an ``.npz`` body holding ``images``
-([B, 3, H, W], uint8 by default, or float32 with ``encoding="float32"``) and ``prompts`` (a unicode array);
-the answer is JSON ``{"scores": [...]}`` or ``{"error": "..."}``. ``GET {url}/health`` answers
-``{"status": "ok", "reward": NAME}``. Heavy reward models thus live in their own process (or machine, or
-venv: e.g. HPSv2 with torchvision) while the trainer stays light.
+([B, 3, H, W], uint8 by default, or float32 in [0, 1] with ``encoding="float32"``) and ``prompts`` (a 1-D
+unicode array of B strings); the answer is JSON ``{"scores": [...]}`` or, with a 4xx/5xx status,
+``{"error": "..."}``. ``GET {url}/health`` answers ``{"status": "ok", "reward": NAME}``. Heavy reward
+models thus live in their own process (or machine, or venv: e.g. HPSv2 with torchvision) while the trainer
+stays light.
+
+Errors: bad options fail at construction with a one-line :class:`~pcpo.errors.ConfigError` naming
+``reward.options.KEY``; :meth:`RemoteReward.check` asks the server's health endpoint once (call it before
+any work is done); a server that is down, hangs or answers garbage after ``retries`` retries raises
+:class:`RewardServerError` with one line naming the URL and the fix.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
+import math
+import socket
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 
+from ..errors import ConfigError, PcpoError
 from .registry import register_reward
 
 ENCODINGS = ("uint8", "float32")
+MEMBERS = ("images.npy", "prompts.npy")
+MAX_DECODED = 1 << 30  # bytes of decoded arrays a request may hold (1 GiB)
+HEALTH_TIMEOUT = 10.0  # seconds: the default bound of :meth:`RemoteReward.check`
+MAX_ANSWER = 1 << 24  # bytes of a server's answer read at most (scores are a few bytes per image)
+
+
+class RewardServerError(PcpoError, RuntimeError):
+    """The reward server is unreachable, hangs, or answers something that is not a score (one line)."""
+
+
+class WireFormatError(ValueError):
+    """A scoring request body that is not the npz :func:`encode_request` writes (one line)."""
 
 
 def encode_request(images: torch.Tensor, prompts: Sequence[str], encoding: str = "uint8") -> bytes:
     """The npz body of a scoring request."""
     if encoding not in ENCODINGS:
-        raise ValueError(f"reward.encoding must be one of {ENCODINGS}, got {encoding!r}")
+        raise ConfigError(f"reward.options.encoding: must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     x = images.detach().float().clamp(0, 1).cpu()
     arr = (x * 255).round().to(torch.uint8).numpy() if encoding == "uint8" else x.numpy()
     buf = io.BytesIO()
@@ -36,70 +60,218 @@ def encode_request(images: torch.Tensor, prompts: Sequence[str], encoding: str =
     return buf.getvalue()
 
 
-def decode_request(body: bytes) -> tuple[torch.Tensor, list[str]]:
-    """Inverse of :func:`encode_request`: float32 images in [0, 1] and the prompts (no pickle)."""
-    with np.load(io.BytesIO(body), allow_pickle=False) as data:
-        arr, prompts = data["images"], [str(p) for p in data["prompts"].tolist()]
+def decode_request(body: bytes, max_decoded: int = MAX_DECODED) -> tuple[torch.Tensor, list[str]]:
+    """Inverse of :func:`encode_request`: float32 images in [0, 1] and the prompts.
+
+    Checks everything a sender controls before trusting it (no pickle, the two members and nothing else,
+    their decoded size, dtypes, shapes, value range) and raises :class:`WireFormatError` with one line.
+    """
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(body))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError):
+        raise WireFormatError("body is not an npz archive (send what pcpo.rewards.remote.encode_request "
+                              "writes)") from None
+    with zf:
+        names = sorted(zf.namelist())
+        if names != sorted(MEMBERS):
+            raise WireFormatError(f"npz must hold exactly {', '.join(MEMBERS)}, got {', '.join(names) or 'nothing'}")
+        size = sum(zf.getinfo(n).file_size for n in MEMBERS)
+        if size > max_decoded:
+            raise WireFormatError(f"arrays decode to {size} bytes, more than the server's limit {max_decoded}")
+        arrays = {}
+        for name in MEMBERS:
+            try:
+                with zf.open(name) as f:
+                    arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
+            except Exception as e:  # noqa: BLE001 - any parse failure of sender-controlled bytes
+                raise WireFormatError(f"{name} is not a valid .npy array ({_first_line(e)})") from None
+    arr, names_arr = arrays["images.npy"], arrays["prompts.npy"]
+    if arr.dtype not in (np.dtype(np.uint8), np.dtype(np.float32)):
+        raise WireFormatError(f"images must be uint8 or float32, got {arr.dtype}")
+    if arr.ndim != 4 or arr.shape[1] != 3 or min(arr.shape) < 1:
+        raise WireFormatError(f"images must be [B, 3, H, W] with B, H, W >= 1, got {list(arr.shape)}")
+    if names_arr.dtype.kind != "U" or names_arr.ndim != 1:
+        raise WireFormatError(f"prompts must be a 1-D unicode array, got {names_arr.dtype} {list(names_arr.shape)}")
+    if names_arr.shape[0] != arr.shape[0]:
+        raise WireFormatError(f"got {arr.shape[0]} images but {names_arr.shape[0]} prompts")
+    if arr.dtype == np.float32 and not (np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0):
+        raise WireFormatError("float32 images must be finite and in [0, 1]")
     images = torch.from_numpy(np.ascontiguousarray(arr))
-    images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-    if len(prompts) != images.shape[0]:
-        raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts")
-    return images, prompts
+    images = images.float() / 255 if images.dtype == torch.uint8 else images
+    return images, [str(p) for p in names_arr.tolist()]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_url(url) -> str:
+    """``url`` without a trailing slash, or a one-line ConfigError naming ``reward.options.url``."""
+    example = "http://127.0.0.1:8000"
+    if url is None or url == "":
+        raise ConfigError(f"reward.options.url: missing; give the reward server's address, e.g. {example} "
+                          "(start the server with `pcpo serve-reward NAME --port 8000`)")
+    if not isinstance(url, str):
+        raise ConfigError(f"reward.options.url: must be a string like {example}, got {url!r}")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise ConfigError(f"reward.options.url: must not contain spaces or control characters, got {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"reward.options.url: must start with http:// or https://, like {example}, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
+    except ValueError:
+        raise ConfigError(f"reward.options.url: bad port in {url!r}; use a number 1-65535, like {example}") from None
+    if not parts.hostname:
+        raise ConfigError(f"reward.options.url: no host in {url!r}; write it like {example}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"reward.options.url: must not have a query or fragment, got {url!r}; "
+                          f"write it like {example}")
+    return url.rstrip("/")
 
 
 class RemoteReward:
     """Posts images and prompts to a reward server and returns its scores (float32 [B])."""
 
-    def __init__(self, url: str, timeout: float = 120.0, retries: int = 3, backoff: float = 1.0,
+    def __init__(self, url: str | None, timeout: float = 120.0, retries: int = 3, backoff: float = 1.0,
                  encoding: str = "uint8"):
-        if not url or not url.startswith(("http://", "https://")):
-            raise ValueError(f"reward.url must be an http(s) URL like http://127.0.0.1:8000, got {url!r}")
-        if int(retries) < 0 or float(timeout) <= 0:
-            raise ValueError("reward.retries must be >= 0 and reward.timeout > 0")
+        self.url = check_url(url)
+        if not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0:
+            raise ConfigError(f"reward.options.timeout: must be a number of seconds > 0, got {timeout!r}")
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ConfigError(f"reward.options.retries: must be an integer >= 0, got {retries!r}")
+        if not _is_number(backoff) or not math.isfinite(backoff) or backoff < 0:
+            raise ConfigError(f"reward.options.backoff: must be a number of seconds >= 0, got {backoff!r}")
         if encoding not in ENCODINGS:
-            raise ValueError(f"reward.encoding must be one of {ENCODINGS}, got {encoding!r}")
-        self.url = url.rstrip("/")
-        self.timeout, self.retries, self.backoff, self.encoding = float(timeout), int(retries), float(backoff), encoding
+            raise ConfigError(f"reward.options.encoding: must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+        self.timeout, self.retries, self.backoff, self.encoding = float(timeout), retries, float(backoff), encoding
+        port = urlsplit(self.url).port
+        self._fix = f"start it with `pcpo serve-reward NAME --port {port or 'P'}` or fix reward.options.url"
 
-    def _post(self, body: bytes) -> dict:
-        req = urllib.request.Request(self.url + "/score", data=body, method="POST",
-                                     headers={"Content-Type": "application/x-npz"})
-        last = "unknown error"
-        for attempt in range(self.retries + 1):
+    def __repr__(self) -> str:
+        return f"RemoteReward({self.url!r}, timeout={self.timeout:g}, retries={self.retries})"
+
+    # ------------------------------------------------------------------------------------ transport
+    def _request(self, path: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
+        """One HTTP exchange: ``(status, body)``; transport failures raise ``_Failure`` (one line)."""
+        headers = {"Content-Type": "application/x-npz"} if body is not None else {}
+        req = urllib.request.Request(self.url + path, data=body, method="POST" if body is not None else "GET",
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read(MAX_ANSWER)
+        except urllib.error.HTTPError as e:  # the server answered with an error status
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read().decode())
-            except urllib.error.HTTPError as e:  # the server answered: report its error, retry only 5xx/503
-                try:
-                    detail = json.loads(e.read().decode()).get("error", "")
-                except Exception:  # noqa: BLE001
-                    detail = ""
-                last = f"HTTP {e.code} {detail}".strip()
-                if e.code < 500:
-                    break
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                last = str(reason).strip().splitlines()[0] if str(reason).strip() else type(e).__name__
-            if attempt < self.retries:
+                data = e.read(MAX_ANSWER)
+            except (OSError, http.client.HTTPException):
+                data = b""
+            return e.code, data
+        except urllib.error.URLError as e:
+            raise _Failure(_describe(e.reason, timeout), retry=True) from None
+        except (OSError, http.client.HTTPException) as e:
+            raise _Failure(_describe(e, timeout), retry=True) from None
+
+    def check(self, timeout: float | None = None) -> str:
+        """Ask ``GET {url}/health`` once; the served reward's name, or a one-line RewardServerError.
+
+        Meant to run before a run creates its directory. ``timeout`` defaults to the smaller of
+        ``reward.options.timeout`` and 10 s.
+        """
+        t = min(self.timeout, HEALTH_TIMEOUT) if timeout is None else float(timeout)
+        where = f"reward.options.url: reward server {self.url}"
+        try:
+            status, data = self._request("/health", None, t)
+        except _Failure as f:
+            raise RewardServerError(f"{where}: {f.text}; {self._fix}") from None
+        answer = _json_or_none(data)
+        if status != 200 or not isinstance(answer, dict) or answer.get("status") != "ok" \
+                or not isinstance(answer.get("reward"), str):
+            got = f"HTTP {status} {_snippet(data)}".strip()
+            raise RewardServerError(f"{where}: GET /health answered {got}, not a pcpo reward server; {self._fix}")
+        return answer["reward"]
+
+    def _score(self, body: bytes, n: int) -> list:
+        tries = self.retries + 1
+        last = "no answer"
+        for attempt in range(tries):
+            try:
+                status, data = self._request("/score", body, self.timeout)
+                scores, last, retry = _parse_scores(status, data, n)
+                if scores is not None:
+                    return scores
+            except _Failure as f:
+                last, retry = f.text, f.retry
+            if not retry:
+                tries = attempt + 1
+                break
+            if attempt + 1 < tries:
                 time.sleep(self.backoff * (2**attempt))
-        raise RuntimeError(
-            f"remote reward {self.url}: {last} (after {self.retries + 1} tries); is `pcpo serve-reward NAME "
-            f"--port P` running there?"
-        )
+        plural = "try" if tries == 1 else "tries"
+        raise RewardServerError(f"remote reward {self.url} failed after {tries} {plural}: {last}; {self._fix}")
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         if len(prompts) != images.shape[0]:
             raise ValueError(f"reward remote: got {images.shape[0]} images but {len(prompts)} prompts")
-        out = self._post(encode_request(images, prompts, self.encoding))
-        if "scores" not in out or len(out["scores"]) != images.shape[0]:
-            raise RuntimeError(f"remote reward {self.url}: bad answer {str(out)[:200]}")
-        return torch.tensor(out["scores"], dtype=torch.float32, device=images.device)
+        scores = self._score(encode_request(images, prompts, self.encoding), images.shape[0])
+        return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+
+class _Failure(Exception):
+    def __init__(self, text: str, retry: bool):
+        super().__init__(text)
+        self.text, self.retry = text, retry
+
+
+def _describe(e, timeout: float) -> str:
+    """One line for a transport failure."""
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused (nothing listens there)"
+    if isinstance(e, (TimeoutError, socket.timeout)):
+        return f"no answer within {timeout:g} s (hung or overloaded; a slow reward needs a larger reward.options.timeout)"
+    if isinstance(e, socket.gaierror):
+        return "unknown host"
+    if isinstance(e, http.client.RemoteDisconnected):
+        return "the server closed the connection without answering"
+    if isinstance(e, http.client.HTTPException):
+        return f"the answer is not HTTP ({_first_line(e)})"
+    if isinstance(e, BaseException):
+        return _first_line(e)
+    return str(e).strip().splitlines()[0] if str(e).strip() else "unknown error"
+
+
+def _json_or_none(data: bytes):
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def _snippet(data: bytes, n: int = 80) -> str:
+    text = data[:n].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return repr(text + ("..." if len(data) > n else "")) if text else "an empty body"
+
+
+def _parse_scores(status: int, data: bytes, n: int) -> tuple[list | None, str, bool]:
+    """``(scores, problem, retry)``: scores on success, else one line and whether trying again may help."""
+    answer = _json_or_none(data)
+    if status != 200:
+        detail = answer.get("error") if isinstance(answer, dict) and isinstance(answer.get("error"), str) else ""
+        detail = " ".join(detail.split())[:300] if detail else _snippet(data)
+        return None, f"HTTP {status}: {detail}", status >= 500  # 4xx: the same request fails again
+    scores = answer.get("scores") if isinstance(answer, dict) else None
+    if not isinstance(scores, list) or len(scores) != n or not all(_is_number(s) for s in scores):
+        return None, f"answer is not {n} scores: {_snippet(data)}", True
+    return scores, "", False
 
 
 @register_reward("remote")
-def remote_reward(url: str, timeout: float = 120.0, retries: int = 3, backoff: float = 1.0,
+def remote_reward(url: str | None = None, timeout: float = 120.0, retries: int = 3, backoff: float = 1.0,
                   encoding: str = "uint8") -> RemoteReward:
     """A reward served over HTTP by ``pcpo serve-reward`` (see module docstring)."""
     return RemoteReward(url, timeout=timeout, retries=retries, backoff=backoff, encoding=encoding)

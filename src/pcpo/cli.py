@@ -11,6 +11,8 @@ import importlib
 import json
 import sys
 
+from .errors import PcpoError
+
 # (module, function) pairs that add subcommands.
 _SUBCOMMANDS = [
     ("pcpo.cli", "add_credit_parser"),
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as e:  # configuration and argument errors: one line, no traceback
+    except (ValueError, PcpoError) as e:  # configuration, argument and service errors: one line
         print(f"pcpo {args.command}: error: {e}", file=sys.stderr)
         return 2
 

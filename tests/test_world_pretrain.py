@@ -168,7 +168,7 @@ def test_killed_single_run_resumes_exactly(tmp_path, monkeypatch):
     state = json.loads((ck / "state.json").read_text())
     assert state["step"] == 2 and len(state["losses"]) == 2
     assert sorted(p.name for p in ck.iterdir()) == [
-        "model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"
+        "manifest.json", "model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"
     ]
     assert not list((tmp_path / "cb").glob(".tmp-*"))  # the atomic write left no temporary folder
     assert pretrain.main(args + ["--out", str(tmp_path / "b"), "--checkpoint", str(tmp_path / "cb"), "--resume"]) == 0

@@ -80,9 +80,10 @@ _EPOCH_RE = re.compile(rf"^{PREFIX}(\d+)$")
 
 __all__ = [
     "CHECKPOINT_FILES", "PREFIX", "CheckpointError", "MetricsLogError", "append_record", "clean_stale",
-    "clean_stale_dir", "find_resumable", "list_checkpoints", "load_checkpoint", "optimizer_from_flat",
-    "optimizer_to_flat", "read_records", "remove_dir", "rng_state", "save_checkpoint", "set_rng_state",
-    "strict_record", "truncate_records", "verify_checkpoint", "write_state_dir",
+    "clean_stale_dir", "discard_newer", "find_resumable", "list_checkpoints", "load_checkpoint",
+    "optimizer_from_flat", "optimizer_to_flat", "prune_checkpoints", "read_records", "remove_dir", "rng_state",
+    "save_checkpoint", "set_rng_state", "strict_record", "truncate_records", "verify_checkpoint",
+    "write_state_dir",
 ]
 
 
@@ -461,6 +462,31 @@ def clean_stale(run_dir: Path, exclusive: bool = False) -> list[str]:
     return out
 
 
+def discard_newer(run_dir: Path, epoch: int) -> list[str]:
+    """Remove the ``epoch-*`` folders of ``run_dir`` newer than ``epoch`` (the one a resume loaded: newer
+    ones are damaged or incomplete, and their epochs are trained again); one line per folder removed.
+
+    Left in place, a damaged newer folder would count among the ``keep_last`` kept by later saves and
+    could make them prune the intact checkpoints."""
+    run_dir = Path(run_dir)
+    out = []
+    for p in _epoch_dirs(run_dir):
+        if int(_EPOCH_RE.match(p.name).group(1)) > epoch:
+            remove_dir(p)
+            out.append(f"{p.relative_to(run_dir).as_posix()}: damaged checkpoint newer than the one resumed "
+                       f"from ({PREFIX}{epoch:06d}), removed")
+    return out
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` checkpoints of ``run_dir`` (each renamed to ``.del-*`` before it
+    is deleted); returns the folders removed."""
+    stale = list_checkpoints(run_dir)[:-keep] if keep > 0 else list_checkpoints(run_dir)
+    for p in stale:
+        remove_dir(p)
+    return stale
+
+
 # ---------------------------------------------------------------------------------- optimizer and RNG
 
 def optimizer_to_flat(opt: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -543,8 +569,7 @@ def save_checkpoint(
         {"model": model_state, "optimizer": opt_tensors, "rng": rng_tensors},
         payload,
     )
-    for stale in list_checkpoints(run_dir)[:-keep_last]:
-        remove_dir(stale)
+    prune_checkpoints(run_dir, keep_last)
     return final
 
 

@@ -91,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, PcpoError) as e:  # configuration, argument and service errors: one line
-        print(f"pcpo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        code = getattr(e, "exit_code", 2)  # a training run stopped by a signal: 130 / 143
+        print(f"pcpo {args.command}: {'error: ' if code == 2 else ''}{e}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print(f"pcpo {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,18 +1,23 @@
 """Load what a training run produced: its config, the base model, the trained weights, its samplers.
 
 ``RUN`` arguments of ``pcpo eval / sample / report`` may be a run directory (``final/`` if the run
-finished, else its newest checkpoint) or one checkpoint directory ``RUN_DIR/checkpoints/epoch-XXXXXX``.
-Bad paths fail with one line (``ValueError``) that says what was expected.
+finished, else its newest intact checkpoint) or one checkpoint directory
+``RUN_DIR/checkpoints/epoch-XXXXXX``. Bad paths fail with one line (``ValueError``) that says what was
+expected; a checkpoint is verified against its manifest before use (a damaged one raises
+:class:`~pcpo.checkpoint.CheckpointError` naming the file; a run's damaged newest one is skipped with a
+warning line on stderr).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import list_checkpoints
+from ..checkpoint import find_resumable, list_checkpoints, verify_checkpoint
 from ..errors import ConfigError
 from ..models.base import ModelAdapter
 from ..run import build_eval_sampler, derived_generator, load_adapter, load_run_config
@@ -47,8 +52,7 @@ def resolve_run(path: str | Path) -> RunRef:
     if (p / "model.safetensors").is_file() and (p / "state.json").is_file():  # a checkpoint directory
         run_dir = p.parent.parent
         cfg = _read_config(run_dir)
-        import json
-
+        verify_checkpoint(p, required=("model.safetensors",))
         epoch = json.loads((p / "state.json").read_text()).get("epoch")
         return RunRef(run_dir, cfg, p / "model.safetensors", p.name, epoch)
     if (p / "model.safetensors").is_file() and p.name == "final":
@@ -57,12 +61,15 @@ def resolve_run(path: str | Path) -> RunRef:
     final = p / "final" / "model.safetensors"
     if final.is_file():
         return RunRef(p, cfg, final, "final", cfg.epochs)
-    ckpts = list_checkpoints(p)
-    if ckpts:  # unfinished run, or final/ in a pipeline format: the newest checkpoint holds the same weights
-        import json
-
-        epoch = json.loads((ckpts[-1] / "state.json").read_text()).get("epoch")
-        return RunRef(p, cfg, ckpts[-1] / "model.safetensors", ckpts[-1].name, epoch)
+    # unfinished run, or final/ in a pipeline format: the newest intact checkpoint holds the same weights
+    found, warnings = find_resumable(p)
+    for line in warnings:
+        print(f"warning: {p}/{line}", file=sys.stderr)
+    if found is not None:
+        epoch = json.loads((found / "state.json").read_text()).get("epoch")
+        return RunRef(p, cfg, found / "model.safetensors", found.name, epoch)
+    if list_checkpoints(p):
+        raise ValueError(f"{p}: run has no intact checkpoint (see the warnings above) and no final/model.safetensors")
     raise ValueError(f"{p}: run has no trained weights yet (no final/model.safetensors and no checkpoints)")
 
 

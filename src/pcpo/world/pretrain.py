@@ -175,10 +175,15 @@ def _save_pretrain_checkpoint(ckpt_dir, model, transformer, text_encoder, opt, s
 
 
 def _load_pretrain_checkpoint(ckpt_dir, model, transformer, text_encoder, opt, sched, ema, gen, dev):
+    import sys
+
     from safetensors.torch import load_file
 
-    from pcpo.checkpoint import optimizer_from_flat
+    from pcpo.checkpoint import clean_stale_dir, optimizer_from_flat, verify_checkpoint
 
+    for line in clean_stale_dir(ckpt_dir.parent):  # what a killed writer left beside the checkpoint
+        print(f"pcpo pretrain: {line}", file=sys.stderr)
+    verify_checkpoint(ckpt_dir)  # sizes and SHA-256 against its manifest: CheckpointError names a bad file
     payload = json.loads((ckpt_dir / "state.json").read_text())
     if payload.get("model") != model:
         raise ValueError(f"--resume: {ckpt_dir} holds a toy-{payload.get('model')} run, not toy-{model}")

@@ -288,15 +288,23 @@ def test_prompt_set_is_a_sequence_and_checks_metadata_length():
 REAL_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "real").glob("*.yaml"))
 
 
+def _config_chain(path: Path) -> list[Path]:
+    """The config file and the files it inherits from (``base: other.yaml``, relative to the file)."""
+    chain = [path]
+    while True:
+        base = re.search(r"^base:\s*(\S+)", chain[-1].read_text(), re.M)
+        if base is None:
+            return chain
+        chain.append(chain[-1].parent / base.group(1))
+
+
 @pytest.mark.parametrize("name", REAL_CONFIGS)
 def test_real_configs_prompts_load_or_point_to_their_source(tmp_path, monkeypatch, name):
     """Every prompt spec of a real config loads from the package or fails with the pointer its comment gives."""
     monkeypatch.chdir(tmp_path)  # no prompt files here
     cfg = load_config(f"real/{name}")
-    comments = "\n".join(
-        ln.split("#", 1)[1] for p in {CONFIG_DIR / "real" / f"{name}.yaml",
-                                      CONFIG_DIR / "real" / f"{name.removesuffix('-pcpo')}.yaml"}
-        for ln in p.read_text().splitlines() if "#" in ln)
+    comments = "\n".join(ln.split("#", 1)[1] for p in _config_chain(CONFIG_DIR / "real" / f"{name}.yaml")
+                          for ln in p.read_text().splitlines() if "#" in ln)
     for key in ("prompts", "eval_prompts"):
         spec = getattr(cfg.data, key)
         try:

@@ -23,6 +23,14 @@ def resolve_prompts(spec, field: str) -> list[str]:
     return list(load_prompts(spec, field).prompts)
 
 
+def resolve_prompt_set(spec, field: str):
+    """The :class:`pcpo.prompts.PromptSet` a ``data.prompts``-style spec names: the prompts and their
+    per-prompt metadata (``prompt_set.metadata_for(batch_prompts)`` is what metadata-aware rewards get)."""
+    from .prompts import load_prompts
+
+    return load_prompts(spec, field)
+
+
 def derived_generator(seed: int, *parts, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator seeded from (seed, parts): per epoch/rank/purpose streams, so resume is exact."""
     h = hashlib.sha256(repr((seed, *parts)).encode()).digest()

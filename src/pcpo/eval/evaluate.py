@@ -15,16 +15,17 @@ from pathlib import Path
 
 import torch
 
-from ..run import build_run_reward, resolve_prompts
+from ..rewards.registry import call_reward
+from ..run import build_run_reward, resolve_prompt_set
 from .runs import RunRef, eval_sampler, generate, load_base, load_trained, resolve_run
 
 
-def reward_stats(reward_fn, images: torch.Tensor, prompts: list[str]) -> dict:
-    r = reward_fn(images, prompts).float().cpu()
+def reward_stats(reward_fn, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> dict:
+    r = call_reward(reward_fn, images, prompts, metadata).float().cpu()
     out = {"reward_mean": float(r.mean()), "reward_std": float(r.std(unbiased=False))}
     comps = getattr(reward_fn, "components", None)
     if comps is not None:
-        for name, v in comps(images, prompts).items():
+        for name, v in call_reward(comps, images, prompts, metadata).items():
             out[f"reward_{name}"] = float(v.float().mean())
     return out, r
 
@@ -60,7 +61,8 @@ def evaluate_run(run: str | Path | RunRef, prompts_spec=None, images_per_prompt:
     """Evaluate the trained model of ``run`` (and its base model) on held-out prompts; returns a dict."""
     ref = run if isinstance(run, RunRef) else resolve_run(run)
     cfg = ref.cfg
-    prompts = resolve_prompts(prompts_spec if prompts_spec is not None else cfg.data.eval_prompts, "--prompts")
+    prompt_set = resolve_prompt_set(prompts_spec if prompts_spec is not None else cfg.data.eval_prompts, "--prompts")
+    prompts = list(prompt_set.prompts)
     n = images_per_prompt or cfg.eval.images_per_prompt
     seed = cfg.eval.seed if seed is None else seed
     flat = [p for p in prompts for _ in range(n)]
@@ -85,7 +87,7 @@ def evaluate_run(run: str | Path | RunRef, prompts_spec=None, images_per_prompt:
         adapter.denoiser.eval()
         imgs = generate(adapter, sampler, flat, gs, seed, batch=bs)
         images[name] = imgs
-        stats, r = reward_stats(reward_fn, imgs, flat)
+        stats, r = reward_stats(reward_fn, imgs, flat, prompt_set.metadata_for(flat))
         if world:
             base_imgs = images.get("base") if name == "trained" else None
             stats.update({f"gold_{k}": v for k, v in gold_metrics(imgs, flat, base_imgs, device).items()})

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..models.base import ModelAdapter
-from ..run import resolve_prompts
+from ..run import resolve_prompt_set
 from ..trainer.config import load_config
 from .irg import IRGAdapter, ReferenceView
 from .runs import eval_sampler, generate, load_base, load_trained, resolve_run
@@ -74,7 +74,8 @@ def run_sample(args) -> int:
         else:
             a, cfg = build_irg(args.run, [float(g) for g in args.guidance_scale], device)
             blocks = [("irg" if isinstance(a, IRGAdapter) else "trained", a)]
-    prompts = resolve_prompts(args.prompts or cfg.data.eval_prompts, "--prompts")
+    prompt_set = resolve_prompt_set(args.prompts or cfg.data.eval_prompts, "--prompts")
+    prompts = list(prompt_set.prompts)
     n = args.images_per_prompt
     flat = [p for p in prompts for _ in range(n)]
     cfg_scale = cfg.sampler.guidance_scale if args.cfg is None else args.cfg
@@ -83,7 +84,7 @@ def run_sample(args) -> int:
     labels: list[str] = []
     reward_fn = None
     if args.reward:
-        from ..rewards.registry import build_reward
+        from ..rewards.registry import build_reward, call_reward
 
         reward_fn = build_reward(args.reward)
     for name, adapter in blocks:
@@ -93,7 +94,7 @@ def run_sample(args) -> int:
         labels += list(prompts)
         msg = f"{name}: {len(flat)} images"
         if reward_fn is not None:
-            msg += f", {args.reward} = {float(reward_fn(imgs, flat).float().mean()):.4f}"
+            msg += f", {args.reward} = {float(call_reward(reward_fn, imgs, flat, prompt_set.metadata_for(flat)).float().mean()):.4f}"
         print(msg, flush=True)
     out = Path(args.out)
     if len(blocks) > 1:  # one row per prompt, the blocks (e.g. IRG scales) side by side, left to right

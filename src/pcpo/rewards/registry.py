@@ -2,6 +2,13 @@
 
 Rewards are registered by name so that configs can say ``reward: {name: color_match}`` or a weighted
 sum ``reward: {sum: {color_match: 1.0, alignment: 0.1}}``. Heavy rewards load lazily in their factory.
+
+Per-prompt metadata: a reward that also declares a ``metadata`` keyword,
+``(images, prompts, *, metadata: list[dict] | None = None) -> Tensor[B]``, receives one dict per image,
+aligned with ``images`` and ``prompts`` (the prompt file's other fields, e.g. GenEval's ``tag``,
+``include`` and ``exclude``), or ``None`` when the prompt source carries none. Rewards without that
+keyword are called as before. The trainer and ``pcpo eval`` call every reward through
+:func:`call_reward`, which makes that choice from the callable's signature.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import torch
 from ..errors import ConfigError
 
 RewardFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
+Metadata = Sequence[dict] | None
 
 _REGISTRY: dict[str, Callable[..., RewardFn]] = {}
 
@@ -72,6 +80,31 @@ def check_options(name: str, factory: Callable[..., RewardFn], options: dict) ->
                           f"config (reward.options.{missing[0]}: VALUE)")
 
 
+def accepts_metadata(fn) -> bool:
+    """Whether the reward ``fn`` takes per-prompt metadata: a keyword parameter ``metadata`` (or ``**kwargs``)
+    on the function, or on ``__call__`` of a callable object."""
+    flag = getattr(fn, "accepts_metadata", None)
+    if isinstance(flag, bool):
+        return flag
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: call it the classic way
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == "metadata" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+               for p in params)
+
+
+def call_reward(fn, images: torch.Tensor, prompts: Sequence[str], metadata: Metadata = None) -> torch.Tensor:
+    """``fn(images, prompts)``, with ``metadata=`` added when ``fn`` accepts it (:func:`accepts_metadata`).
+
+    ``metadata`` is one dict per image, aligned with ``prompts``; a length mismatch is a ``ValueError``."""
+    if metadata is not None and len(metadata) != len(prompts):
+        raise ValueError(f"reward metadata: {len(metadata)} entries for {len(prompts)} prompts")
+    if accepts_metadata(fn):
+        return fn(images, prompts, metadata=None if metadata is None else list(metadata))
+    return fn(images, prompts)
+
+
 class WeightedSum:
     """``Σ_k weight_k · reward_k`` (each term also reported by :meth:`components`)."""
 
@@ -87,11 +120,13 @@ class WeightedSum:
             if callable(check):
                 check()
 
-    def components(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        return {name: fn(images, prompts).float() for name, (_, fn) in self.terms.items()}
+    def components(self, images: torch.Tensor, prompts: Sequence[str],
+                   metadata: Metadata = None) -> dict[str, torch.Tensor]:
+        """Each term's reward; ``metadata`` goes to the terms that accept it (:func:`call_reward`)."""
+        return {name: call_reward(fn, images, prompts, metadata).float() for name, (_, fn) in self.terms.items()}
 
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        comps = self.components(images, prompts)
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Metadata = None) -> torch.Tensor:
+        comps = self.components(images, prompts, metadata)
         return sum(self.terms[name][0] * value for name, value in comps.items())
 
 

@@ -3,7 +3,9 @@
 The server is ``pcpo serve-reward NAME --port P`` (:mod:`pcpo.rewards.server`), which wraps any registered reward.
 Wire format (kept stdlib + numpy): ``POST {url}/score`` with an ``.npz`` body holding ``images``
 ([B, 3, H, W], uint8 by default, or float32 in [0, 1] with ``encoding="float32"``) and ``prompts`` (a 1-D
-unicode array of B strings); the answer is JSON ``{"scores": [...]}`` or, with a 4xx/5xx status,
+unicode array of B strings), and, when the prompts carry per-prompt metadata, ``metadata`` (a 1-D unicode
+array of B JSON objects, one per image; the server hands them to a reward that takes ``metadata``, see
+:func:`pcpo.rewards.registry.call_reward`); the answer is JSON ``{"scores": [...]}`` or, with a 4xx/5xx status,
 ``{"error": "..."}``. ``GET {url}/health`` answers ``{"status": "ok", "reward": NAME}``. Heavy reward
 models thus live in their own process (or machine, or venv: e.g. HPSv2 with torchvision) while the trainer
 stays light.
@@ -36,6 +38,7 @@ from .registry import register_reward
 
 ENCODINGS = ("uint8", "float32")
 MEMBERS = ("images.npy", "prompts.npy")
+OPTIONAL_MEMBERS = ("metadata.npy",)
 MAX_DECODED = 1 << 30  # bytes of decoded arrays a request may hold (1 GiB)
 HEALTH_TIMEOUT = 10.0  # seconds: the default bound of :meth:`RemoteReward.check`
 MAX_ANSWER = 1 << 24  # bytes of a server's answer read at most (scores are a few bytes per image)
@@ -49,22 +52,33 @@ class WireFormatError(ValueError):
     """A scoring request body that is not the npz :func:`encode_request` writes (one line)."""
 
 
-def encode_request(images: torch.Tensor, prompts: Sequence[str], encoding: str = "uint8") -> bytes:
-    """The npz body of a scoring request."""
+def encode_request(images: torch.Tensor, prompts: Sequence[str], encoding: str = "uint8",
+                   metadata: Sequence[dict] | None = None) -> bytes:
+    """The npz body of a scoring request (``metadata``: one JSON-serialisable dict per image, optional)."""
     if encoding not in ENCODINGS:
         raise ConfigError(f"reward.options.encoding: must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     x = images.detach().float().clamp(0, 1).cpu()
     arr = (x * 255).round().to(torch.uint8).numpy() if encoding == "uint8" else x.numpy()
     buf = io.BytesIO()
-    np.savez(buf, images=arr, prompts=np.array([str(p) for p in prompts], dtype=np.str_))
+    arrays = {"images": arr, "prompts": np.array([str(p) for p in prompts], dtype=np.str_)}
+    if metadata is not None:
+        if len(metadata) != len(prompts):
+            raise ValueError(f"reward remote: got {len(metadata)} metadata entries for {len(prompts)} prompts")
+        try:
+            arrays["metadata"] = np.array([json.dumps(m, allow_nan=False) for m in metadata], dtype=np.str_)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"reward remote: per-prompt metadata is not JSON-serialisable ({e})") from None
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
-def decode_request(body: bytes, max_decoded: int = MAX_DECODED) -> tuple[torch.Tensor, list[str]]:
-    """Inverse of :func:`encode_request`: float32 images in [0, 1] and the prompts.
+def decode_request(body: bytes, max_decoded: int = MAX_DECODED, with_metadata: bool = False):
+    """Inverse of :func:`encode_request`: float32 images in [0, 1] and the prompts (and, with
+    ``with_metadata``, the per-image metadata dicts or ``None``).
 
-    Checks everything a sender controls before trusting it (no pickle, the two members and nothing else,
-    their decoded size, dtypes, shapes, value range) and raises :class:`WireFormatError` with one line.
+    Checks everything a sender controls before trusting it (no pickle, the two members and the optional
+    metadata and nothing else, their decoded size, dtypes, shapes, value range) and raises
+    :class:`WireFormatError` with one line.
     """
     try:
         zf = zipfile.ZipFile(io.BytesIO(body))
@@ -73,13 +87,15 @@ def decode_request(body: bytes, max_decoded: int = MAX_DECODED) -> tuple[torch.T
                               "writes)") from None
     with zf:
         names = sorted(zf.namelist())
-        if names != sorted(MEMBERS):
-            raise WireFormatError(f"npz must hold exactly {', '.join(MEMBERS)}, got {', '.join(names) or 'nothing'}")
-        size = sum(zf.getinfo(n).file_size for n in MEMBERS)
+        members = [*MEMBERS, *(m for m in OPTIONAL_MEMBERS if m in names)]
+        if names != sorted(members):
+            raise WireFormatError(f"npz must hold exactly {', '.join(MEMBERS)} (and optionally "
+                                  f"{', '.join(OPTIONAL_MEMBERS)}), got {', '.join(names) or 'nothing'}")
+        size = sum(zf.getinfo(n).file_size for n in members)
         if size > max_decoded:
             raise WireFormatError(f"arrays decode to {size} bytes, more than the server's limit {max_decoded}")
         arrays = {}
-        for name in MEMBERS:
+        for name in members:
             try:
                 with zf.open(name) as f:
                     arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
@@ -96,9 +112,25 @@ def decode_request(body: bytes, max_decoded: int = MAX_DECODED) -> tuple[torch.T
         raise WireFormatError(f"got {arr.shape[0]} images but {names_arr.shape[0]} prompts")
     if arr.dtype == np.float32 and not (np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0):
         raise WireFormatError("float32 images must be finite and in [0, 1]")
+    metadata = None
+    if "metadata.npy" in arrays:
+        meta_arr = arrays["metadata.npy"]
+        if meta_arr.dtype.kind != "U" or meta_arr.ndim != 1 or meta_arr.shape[0] != arr.shape[0]:
+            raise WireFormatError(f"metadata must be a 1-D unicode array of {arr.shape[0]} JSON objects, got "
+                                  f"{meta_arr.dtype} {list(meta_arr.shape)}")
+        metadata = []
+        for i, text in enumerate(meta_arr.tolist()):
+            try:
+                m = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise WireFormatError(f"metadata entry {i} is not JSON ({e.msg})") from None
+            if not isinstance(m, dict):
+                raise WireFormatError(f"metadata entry {i} is a JSON {type(m).__name__}, not an object")
+            metadata.append(m)
     images = torch.from_numpy(np.ascontiguousarray(arr))
     images = images.float() / 255 if images.dtype == torch.uint8 else images
-    return images, [str(p) for p in names_arr.tolist()]
+    prompts = [str(p) for p in names_arr.tolist()]
+    return (images, prompts, metadata) if with_metadata else (images, prompts)
 
 
 def _first_line(e: BaseException) -> str:
@@ -198,26 +230,31 @@ class RemoteReward:
     def _score(self, body: bytes, n: int) -> list:
         tries = self.retries + 1
         last = "no answer"
+        rejected = False  # HTTP 422: the server works, the reward rejects this input
         for attempt in range(tries):
             try:
                 status, data = self._request("/score", body, self.timeout)
+                rejected = status == 422
                 scores, last, retry = _parse_scores(status, data, n)
                 if scores is not None:
                     return scores
             except _Failure as f:
-                last, retry = f.text, f.retry
+                last, retry, rejected = f.text, f.retry, False
             if not retry:
                 tries = attempt + 1
                 break
             if attempt + 1 < tries:
                 time.sleep(self.backoff * (2**attempt))
         plural = "try" if tries == 1 else "tries"
-        raise RewardServerError(f"remote reward {self.url} failed after {tries} {plural}: {last}; {self._fix}")
+        fix = "" if rejected else f"; {self._fix}"  # a rejected input: the server is fine, the message says why
+        raise RewardServerError(f"remote reward {self.url} failed after {tries} {plural}: {last}{fix}")
 
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], *,
+                 metadata: Sequence[dict] | None = None) -> torch.Tensor:
+        """Scores from the server; per-prompt ``metadata`` (if any) travels with the request."""
         if len(prompts) != images.shape[0]:
             raise ValueError(f"reward remote: got {images.shape[0]} images but {len(prompts)} prompts")
-        scores = self._score(encode_request(images, prompts, self.encoding), images.shape[0])
+        scores = self._score(encode_request(images, prompts, self.encoding, metadata), images.shape[0])
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
 
 

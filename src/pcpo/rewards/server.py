@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import torch
 
 from ..errors import ConfigError, PcpoError
-from .registry import RewardFn, build_reward
+from .registry import RewardFn, build_reward, call_reward
 from .remote import WireFormatError, decode_request
 
 MAX_BODY = 1 << 30  # 1 GiB
@@ -188,7 +188,7 @@ def make_reward_server(reward: RewardFn, name: str, host: str = "127.0.0.1", por
                 self._fail(400, f"body ended after {len(body)} of {length} bytes (Content-Length)")
                 return
             try:
-                images, prompts = decode_request(body, max_decoded=max_body)
+                images, prompts, metadata = decode_request(body, max_decoded=max_body, with_metadata=True)
             except WireFormatError as e:
                 self._fail(400, f"bad request: {e}")
                 return
@@ -197,8 +197,8 @@ def make_reward_server(reward: RewardFn, name: str, host: str = "127.0.0.1", por
                 return
             try:
                 with lock, torch.no_grad():
-                    scores = reward(images, prompts)
-            except (ValueError, KeyError) as e:  # the reward rejects this input
+                    scores = call_reward(reward, images, prompts, metadata)
+            except (ValueError, KeyError, PcpoError) as e:  # the reward rejects this input (or lacks its metadata)
                 self._fail(422, f"reward {name} rejects the request: {_one_line(e)}")
                 return
             except Exception as e:  # noqa: BLE001 - report, keep serving

@@ -14,6 +14,9 @@ name                        value                                               
 ``colorfulness``            Hasler & Süsstrunk (2003) M = σ_rgyb + 0.3 μ_rgyb, on 0-255 values    -
 ``alignment``               ``log p(prompt | image)`` under the shipped world classifier (<= 0)   world
                                                                                                   prompts
+``color_match_metadata``    ``color_match`` against the colour named by each prompt's metadata    metadata
+                            field ``field`` (default ``color``; GenEval-style: the attribute      ``color``
+                            comes from the prompt file, not from parsing the prompt)
 ==========================  =================================================================  =========
 
 Weighted sums: ``WeightedSum({"color_match": (1.0, build_reward("color_match")), ...})``, or in a config
@@ -27,6 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
+from pcpo.errors import PcpoError
 from pcpo.rewards.registry import RewardFn, register_reward
 from pcpo.world import data
 
@@ -41,7 +45,12 @@ def _check(images: torch.Tensor, prompts: Sequence[str] | None = None) -> None:
 def color_match_score(images: torch.Tensor, prompts: Sequence[str], threshold: float = 0.25) -> torch.Tensor:
     """Fraction of pixels whose RGB distance to the prompt's colour is below ``threshold``."""
     _check(images, prompts)
-    col = data.prompt_colors(prompts).to(images.device).view(-1, 3, 1, 1)
+    return color_fraction(images, data.prompt_colors(prompts), threshold)
+
+
+def color_fraction(images: torch.Tensor, colors: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
+    """Fraction of each image's pixels within RGB distance ``threshold`` of its colour (``colors`` [B, 3])."""
+    col = colors.to(images.device).view(-1, 3, 1, 1)
     dist = (images.float() - col).pow(2).sum(1).sqrt()
     return (dist < threshold).float().mean(dim=(1, 2)).float()
 
@@ -84,6 +93,40 @@ def colorfulness_score(images: torch.Tensor) -> torch.Tensor:
 @register_reward("color_match")
 def color_match(threshold: float = 0.25) -> RewardFn:
     return lambda images, prompts: color_match_score(images, prompts, threshold)
+
+
+class MetadataColorMatch:
+    """:func:`color_match_score` with each image's target colour read from its prompt's metadata
+    (``metadata[i][field]``, a world colour name): a reward that needs per-prompt metadata."""
+
+    def __init__(self, field: str = "color", threshold: float = 0.25):
+        self.field = field
+        self.threshold = threshold
+
+    def colors(self, metadata: Sequence[dict] | None, n: int) -> torch.Tensor:
+        if metadata is None:
+            raise PcpoError(f"reward color_match_metadata: needs per-prompt metadata with a {self.field!r} field; "
+                            f"give the prompts as a .jsonl/.json/.csv/.tsv file with that field")
+        if len(metadata) != n:
+            raise ValueError(f"metadata: got {len(metadata)} entries for {n} images")
+        rgb = []
+        for i, m in enumerate(metadata):
+            name = m.get(self.field) if isinstance(m, dict) else None
+            if name not in data.COLORS:
+                raise PcpoError(f"reward color_match_metadata: metadata {self.field!r} of image {i} is {name!r}; "
+                                f"use one of {', '.join(data.COLOR_NAMES)}")
+            rgb.append(data.COLORS[name])
+        return torch.tensor(rgb, dtype=torch.float32)
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], *,
+                 metadata: Sequence[dict] | None = None) -> torch.Tensor:
+        _check(images, prompts)
+        return color_fraction(images, self.colors(metadata, images.shape[0]), self.threshold)
+
+
+@register_reward("color_match_metadata")
+def color_match_metadata(field: str = "color", threshold: float = 0.25) -> RewardFn:
+    return MetadataColorMatch(field, threshold)
 
 
 @register_reward("jpeg_compressibility")

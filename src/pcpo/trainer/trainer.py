@@ -30,6 +30,7 @@ from ..algo.step import PolicyStep, StepStats
 from ..algo.timesteps import select_timesteps
 from ..checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from ..models.base import ModelAdapter, cond_select
+from ..rewards.registry import call_reward
 from ..run import (
     build_run_reward,
     build_run_sampler,
@@ -37,7 +38,7 @@ from ..run import (
     load_adapter,
     load_run_config,
     resolve_device,
-    resolve_prompts,
+    resolve_prompt_set,
 )
 from ..samplers import generate, rollout
 from .config import ConfigError, RunConfig, to_dict
@@ -77,8 +78,11 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
         self._validate_layout()
-        self.train_prompts = resolve_prompts(cfg.data.prompts, "data.prompts")
-        self.eval_prompts = resolve_prompts(cfg.data.eval_prompts, "data.eval_prompts")
+        #: prompts with their per-prompt metadata (given to rewards that take ``metadata``: call_reward)
+        self.train_prompt_set = resolve_prompt_set(cfg.data.prompts, "data.prompts")
+        self.eval_prompt_set = resolve_prompt_set(cfg.data.eval_prompts, "data.eval_prompts")
+        self.train_prompts = list(self.train_prompt_set.prompts)
+        self.eval_prompts = list(self.eval_prompt_set.prompts)
 
         if not _resuming and self.dist.is_main:
             self._create_run_dir()
@@ -390,11 +394,12 @@ class Trainer:
         images = generate(self.adapter, self.eval_sampler, prompts, self.cfg.sampler.guidance_scale, x,
                           batch=self.cfg.sampler.rollout_batch, context=self._autocast)
         self.passes["eval"] += self.eval_sampler.num_steps * math.ceil(len(prompts) / self.cfg.sampler.rollout_batch)
-        rewards = self.reward_fn(images, prompts).float().cpu()
+        meta = self.eval_prompt_set.metadata_for(prompts)
+        rewards = call_reward(self.reward_fn, images, prompts, meta).float().cpu()
         out = {"eval_reward_mean": float(rewards.mean()), "eval_reward_std": float(rewards.std(unbiased=False))}
         comps = getattr(self.reward_fn, "components", None)
         if comps is not None:
-            for name, v in comps(images, prompts).items():
+            for name, v in call_reward(comps, images, prompts, meta).items():
                 out[f"eval_{name}"] = float(v.float().mean())
         if cfg.gold and self.cfg.model.family.startswith("toy"):
             out.update(self._gold(images, prompts))
@@ -508,7 +513,8 @@ class Trainer:
         t0 = time.perf_counter()
         ro, prompts, keys = self.rollout(epoch)
         t1 = time.perf_counter()
-        rewards_local = self.reward_fn(ro.images, ro.prompts).float()
+        rewards_local = call_reward(self.reward_fn, ro.images, ro.prompts,
+                                    self.train_prompt_set.metadata_for(ro.prompts)).float()
         t2 = time.perf_counter()
         bad_reward = self.dist.any(not bool(torch.isfinite(rewards_local).all()), self.device)
         rewards, adv = self.compute_advantages(torch.nan_to_num(rewards_local, nan=0.0, posinf=0.0, neginf=0.0),

@@ -236,6 +236,66 @@ def test_non_text_value_names_the_row(tmp_path, name, text, where, kind):
     assert str(p) in msg and where in msg and kind in msg
 
 
+# Every file source x every failure: one line that starts with the config field and names the file.
+SOURCE_FAILURES = [
+    # (case, file name, contents or None for a missing file, spec suffix, what the message says)
+    ("missing", "p.txt", None, "", "not found"),
+    ("missing", "p.jsonl", None, "", "not found"),
+    ("missing", "p.json", None, "", "not found"),
+    ("missing", "p.csv", None, "#Prompts", "not found"),
+    ("missing", "p.tsv", None, "#Prompt", "not found"),
+    ("empty", "p.txt", "", "", "is empty"),
+    ("empty", "p.jsonl", "\n\n", "", "is empty"),
+    ("empty", "p.json", "[]", "", "is an empty list"),
+    ("empty", "p.csv", "", "", "is empty"),
+    ("empty", "p.tsv", "Prompt\tCategory\n", "", "has a header but no rows"),
+    ("no field", "p.txt", "a cat\n", "#caption", "has no field 'caption'"),
+    ("no field", "p.jsonl", '{"text": "a cat"}\n', "", "has no field 'prompt'; available: text"),
+    ("no field", "p.json", '[{"text": "a cat"}]', "#caption", "has no field 'caption'; available: text"),
+    ("no field", "p.csv", "text,tag\na cat,x\n", "", "has no column 'prompt'; available: text, tag"),
+    ("no field", "p.tsv", "Prompt\tCategory\na cat\tx\n", "#Note", "has no column 'Note'; available: Prompt, Category"),
+    ("non-text", "p.jsonl", '{"prompt": "ok"}\n{"prompt": ["a", "b"]}\n', "", "line 2: 'prompt' is list"),
+    ("non-text", "p.json", '[{"prompt": "ok"}, {"prompt": 3.5}]', "", "item 1: 'prompt' is float"),
+    ("non-text", "p.json", '["ok", {"x": 1}, 7]', "#x", "item 0 is a string, not an object with field 'x'"),
+    ("non-text", "p.csv", "prompt,tag\nok,x\n   ,y\n", "", "line 3: 'prompt' is an empty prompt"),
+    ("non-text", "p.tsv", "Prompt\tCategory\nok\tx\n\tAnimals\n", "", "line 3: 'Prompt' is an empty prompt"),
+]
+
+
+@pytest.mark.parametrize("case, name, text, suffix, says", SOURCE_FAILURES,
+                         ids=[f"{c[1].split('.')[1]}-{c[0]}-{i}" for i, c in enumerate(SOURCE_FAILURES)])
+def test_every_file_source_fails_in_one_line_naming_field_and_file(tmp_path, case, name, text, suffix, says):
+    p = tmp_path / name if text is None else write(tmp_path / name, text)
+    msg = error(f"{p}{suffix}", "data.eval_prompts")
+    assert msg.startswith(f"data.eval_prompts: {'prompt file ' if case == 'missing' else ''}{p}"), msg
+    assert says in msg, msg
+
+
+def test_every_hf_failure_is_one_line_naming_field_and_dataset(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    for missing in (tmp_path / "no-such-dir", tmp_path / "no.parquet"):
+        msg = error(f"hf:{missing}#prompt", "data.eval_prompts")
+        assert msg.startswith(f"data.eval_prompts: dataset path {missing} not found"), msg
+    empty = datasets.Dataset.from_dict({"prompt": []}, features=datasets.Features({"prompt": datasets.Value("string")}))
+    empty.to_parquet(str(tmp_path / "empty.parquet"))
+    # datasets itself refuses zero-row files and saved directories; the error stays one line naming the path
+    msg = error(f"hf:{tmp_path / 'empty.parquet'}", "data.eval_prompts")
+    assert msg.startswith(f"data.eval_prompts: {tmp_path / 'empty.parquet'}: datasets could not read it"), msg
+    assert msg.endswith("holds at least one row")
+    empty.save_to_disk(str(tmp_path / "empty"))
+    msg = error(f"hf:{tmp_path / 'empty'}", "data.eval_prompts")
+    assert msg.startswith(f"data.eval_prompts: hf:{tmp_path / 'empty'}: datasets could not load"), msg
+    assert msg.endswith("holds at least one row")
+    datasets.Dataset.from_dict({"caption": ["a cat"], "n": [1]}).to_parquet(str(tmp_path / "d.parquet"))
+    msg = error(f"hf:{tmp_path / 'd.parquet'}", "data.eval_prompts")
+    assert msg.startswith(f"data.eval_prompts: hf:{tmp_path / 'd.parquet'} has no column 'prompt'; "
+                          f"available: caption, n"), msg
+    datasets.Dataset.from_dict({"prompt": ["ok", "fine"], "n": [1, 2]}).to_parquet(str(tmp_path / "n.parquet"))
+    msg = error(f"hf:{tmp_path / 'n.parquet'}#n", "data.eval_prompts")
+    assert msg.startswith(f"data.eval_prompts: hf:{tmp_path / 'n.parquet'} row 0: 'n' is int (1), not text"), msg
+
+
 def test_non_text_in_a_list():
     assert "item 1" in error(["ok", 3]) and "int" in error(["ok", 3])
 

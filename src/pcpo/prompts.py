@@ -461,6 +461,10 @@ def _hf(target: str, key: str | None, split: str | None, field: str) -> PromptSe
             ds = datasets.load_from_disk(str(path))
         except FileNotFoundError as e:
             raise ConfigError(f"{field}: {path} is not a directory written by datasets.save_to_disk ({e})") from None
+        except Exception as e:  # noqa: BLE001  (datasets fails on some saved directories, e.g. zero rows)
+            raise ConfigError(f"{field}: {label}: datasets could not load this save_to_disk directory "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check that it is "
+                              f"complete and holds at least one row") from None
     elif path.is_file():
         builder = _HF_BUILDERS.get(path.suffix.lower())
         if builder is None:
@@ -470,7 +474,8 @@ def _hf(target: str, key: str | None, split: str | None, field: str) -> PromptSe
             ds = datasets.load_dataset(builder[0], data_files=str(path), **builder[1])
         except Exception as e:  # noqa: BLE001  (any parse error: one line naming the file)
             raise ConfigError(f"{field}: {path}: datasets could not read it ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                              f"{str(e).splitlines()[0] if str(e) else ''}); check that it is complete and holds "
+                              f"at least one row") from None
     elif not _HUB_NAME.fullmatch(target) or path.suffix.lower() in _HF_BUILDERS:
         raise _missing(path, field, "dataset path")
     else:

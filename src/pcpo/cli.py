@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 
-from .errors import PcpoError
+from .errors import ConfigError, PcpoError
 
 # (module, function) pairs that add subcommands.
 _SUBCOMMANDS = [
@@ -25,31 +25,81 @@ _SUBCOMMANDS = [
 
 
 def add_credit_parser(sub: argparse._SubParsersAction) -> None:
+    from .algo.step import LOSS_WEIGHTS
+    from .algo.windows import WINDOWS
+    from .samplers import SAMPLERS
+
     p = sub.add_parser(
         "credit",
         help="show a sampler's per-step native weights against PCPO's proportionate credit",
         description="Per step: time t, share of the trajectory dt, the native weight c/s that the "
-        "baselines train with, and the PCPO weight zeta*dt/sum(dt).",
+        "baselines train with, and the PCPO weight zeta*dt/sum(dt); optionally a peer method's per-step "
+        "loss weight (--loss-weight) and an SDE window's stochastic and trained steps (--window), over "
+        "which both credit schemes are then computed.",
     )
-    p.add_argument("--sampler", choices=["ddim", "dance-sde", "flow-sde"], required=True)
+    p.add_argument("--sampler", choices=[n for n in SAMPLERS if SAMPLERS.meta(n)["train"]], required=True)
     p.add_argument("--steps", type=int, required=True, help="number of sampling steps")
-    p.add_argument("--eta", type=float, required=True, help="DDIM eta, DanceGRPO eta or Flow-GRPO a")
+    p.add_argument("--eta", type=float, required=True, help="DDIM eta, DanceGRPO eta, Flow-GRPO a or the CPS noise level")
     p.add_argument("--shift", type=float, default=1.0, help="timestep shift s (flow samplers)")
+    p.add_argument("--grid", default="linspace", choices=["linspace", "pipeline"],
+                   help="flow time grid: shifted linspace, or the stock scheduler's set_timesteps(N) (static shift)")
     p.add_argument("--schedule", default="sd15", help="DDIM training schedule: sd15, sd2, sdxl, linear, cosine")
     p.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"])
     p.add_argument("--w-star", type=float, default=None, help="override PCPO's mean weight w*")
+    p.add_argument("--loss-weight", choices=list(LOSS_WEIGHTS), default=None,
+                   help="also show a registered per-step loss weight (GRPO-Guard inv_dt, TempFlow-GRPO tempflow)")
+    p.add_argument("--loss-weight-options", default=None, metavar="YAML", help="its options, e.g. '{coef: 1.73}'")
+    p.add_argument("--window", choices=list(WINDOWS), default=None,
+                   help="an SDE window (flow samplers): noise and credit on its steps only")
+    p.add_argument("--window-options", default=None, metavar="YAML", help="its options, e.g. '{size: 3}'")
+    p.add_argument("--iteration", type=int, default=0, help="training iteration the window is drawn at (0-based)")
+    p.add_argument("--seed", type=int, default=0, help="seed of randomly placed windows")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="FILE.png", default=None, help="also draw both weight curves")
     p.set_defaults(func=run_credit)
 
 
+def _yaml_mapping(text: str | None, flag: str) -> dict:
+    if text is None:
+        return {}
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{flag}: not YAML ({str(e).splitlines()[0]}); give a mapping like '{{size: 3}}'") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag}: must be a mapping like '{{size: 3}}', got {text!r}")
+    return value
+
+
 def run_credit(args: argparse.Namespace) -> int:
+    import torch
+
     from .algo.credit import credit_table
+    from .algo.windows import window_at
     from .samplers import build_sampler
 
-    kw = {"schedule": args.schedule, "spacing": args.spacing} if args.sampler == "ddim" else {}
+    kw = {"schedule": args.schedule, "spacing": args.spacing} if args.sampler == "ddim" else {"grid": args.grid}
     sampler = build_sampler(args.sampler, args.steps, args.eta, shift=args.shift, **kw)
-    table = credit_table(sampler, w_star=args.w_star)
+    trained = None
+    if args.window is not None:
+        if not hasattr(sampler, "with_window"):
+            raise ConfigError(f"--window: {args.window} needs a flow sampler (flow-sde, dance-sde or cps), "
+                              f"not {args.sampler}")
+        w = window_at(args.window, args.steps, args.iteration, torch.Generator().manual_seed(args.seed),
+                      _yaml_mapping(args.window_options, "--window-options"))
+        if not w.sde_steps:
+            raise ConfigError(f"--iteration: the {args.window} window is empty at iteration {args.iteration}")
+        sampler, trained = sampler.with_window(w.sde_steps), w.trained
+    lam = None
+    if args.loss_weight is not None:
+        from .algo.step import LOSS_WEIGHTS, StepTable
+
+        lam = LOSS_WEIGHTS.get(args.loss_weight)(StepTable.from_sampler(sampler),
+                                                 **_yaml_mapping(args.loss_weight_options, "--loss-weight-options"))
+        lam = torch.ones(sampler.num_steps, dtype=torch.float64) if lam is None else torch.as_tensor(lam)
+    table = credit_table(sampler, w_star=args.w_star, loss_weights=lam, trained=trained)
     if args.json:
         print(json.dumps(table, indent=2))
     else:
@@ -57,14 +107,21 @@ def run_credit(args: argparse.Namespace) -> int:
         from rich.table import Table
 
         native = [s["native"] for s in table["steps"]]
-        t = Table(title=f"{args.sampler}: {args.steps} steps, eta={args.eta}, shift={args.shift}; "
-                  f"zeta={table['zeta']:.4f}; native max/min={max(native) / min(native):.2f}")
-        for col in ("step", "t", "dt", "native w", "pcpo w", "pcpo/native"):
+        t = Table(title=f"{args.sampler}: {args.steps} steps, eta={args.eta}, shift={args.shift}"
+                  + (f", window {args.window}" if args.window else "")
+                  + f"; zeta={table['zeta']:.4f}; native max/min={max(native) / min(native):.2f}")
+        cols = ["step", "t", "dt", "native w", "pcpo w", "pcpo/native"]
+        cols += ["loss weight"] if args.loss_weight else []
+        cols += ["trained"] if trained is not None else []
+        for col in cols:
             t.add_column(col, justify="right")
         for i, s in enumerate(table["steps"]):
-            t.add_row(str(i), f"{s['t']:.4g}", f"{s['dt']:.4g}", f"{s['native']:.4f}", f"{s['pcpo']:.4f}",
-                      f"{s['pcpo'] / s['native']:.3f}")
-        Console(width=100).print(t)
+            row = [str(s.get("step", i)), f"{s['t']:.4g}", f"{s['dt']:.4g}", f"{s['native']:.4f}", f"{s['pcpo']:.4f}",
+                   f"{s['pcpo'] / s['native']:.3f}"]
+            row += [f"{s['loss_weight']:.4g}"] if args.loss_weight else []
+            row += ["yes" if s["trained"] else "no"] if trained is not None else []
+            t.add_row(*row)
+        Console(width=110).print(t)
     if args.plot:
         from .figures import plot_credit
 

@@ -63,16 +63,36 @@ def build_run_sampler(cfg: RunConfig, adapter) -> Sampler:
         raise ConfigError(f"sampler.name: {s.name} needs a {kind} model, but model.family {cfg.model.family!r} "
                           f"is a {model_kind} model; use {' or '.join(usable)}")
     if model_kind == "flow":
-        return build_sampler(s.name, s.steps, s.eta, shift=s.shift)
-    sched = dict(adapter.ddim_schedule())
-    sched.setdefault("prediction_type", adapter.prediction_type)
-    sched["spacing"] = s.spacing
-    return build_sampler(s.name, s.steps, s.eta, **sched)
+        sampler = build_sampler(s.name, s.steps, s.eta, shift=s.shift, **flow_grid_options(cfg, adapter))
+    else:
+        sched = dict(adapter.ddim_schedule())
+        sched.setdefault("prediction_type", adapter.prediction_type)
+        sched["spacing"] = s.spacing
+        sampler = build_sampler(s.name, s.steps, s.eta, **sched)
+    sampler.time_input = s.model_time
+    return sampler
+
+
+def flow_grid_options(cfg: RunConfig, adapter) -> dict:
+    """Grid options of a flow sampler: ``linspace`` (shifted by ``sampler.shift``) or ``pipeline``, the
+    stock scheduler's ``set_timesteps(N)`` from the model's own scheduler config (its shift and, for
+    dynamic shifting, the image token count); the toy models use a static-shift config with
+    ``sampler.shift``."""
+    s = cfg.sampler
+    if s.grid != "pipeline":
+        return {"grid": "linspace"}
+    pipe = getattr(adapter, "pipe", None)
+    if pipe is None or not hasattr(pipe.scheduler, "config"):
+        return {"grid": "pipeline", "scheduler_config": {"num_train_timesteps": 1000, "shift": s.shift}}
+    sched = dict(pipe.scheduler.config)
+    seq = adapter.image_seq_len() if hasattr(adapter, "image_seq_len") else None
+    return {"grid": "pipeline", "scheduler_config": sched, "image_seq_len": seq}
 
 
 def build_eval_sampler(cfg: RunConfig, adapter, steps: int | None = None) -> Sampler:
     """The deterministic sampler (flow ODE / DDIM η = 0) a run evaluates with."""
-    return build_run_sampler(cfg, adapter).deterministic(steps or cfg.sampler.eval_steps)
+    base = build_run_sampler(cfg, adapter)
+    return base.deterministic(steps or cfg.sampler.eval_steps).inherit(base)
 
 
 def build_run_reward(cfg: RunConfig):

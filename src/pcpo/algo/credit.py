@@ -85,14 +85,28 @@ def credit_options(name: str, values: dict) -> dict:
     return {k: values[k] for k in CREDIT.meta(name)["options"] if values.get(k) is not None}
 
 
-def credit_table(sampler: Sampler, w_star: float | None = None) -> dict:
-    """``{"zeta": ..., "steps": [{"t", "dt", "native", "pcpo"}, ...]}`` for ``pcpo credit``."""
+def credit_table(sampler: Sampler, w_star: float | None = None, loss_weights: torch.Tensor | None = None,
+                 trained: list[int] | None = None) -> dict:
+    """``{"zeta": ..., "steps": [{"t", "dt", "native", "pcpo"}, ...]}`` for ``pcpo credit``: the stochastic
+    steps of ``sampler`` (for a windowed sampler, the window's: both schemes are computed over them).
+
+    With ``loss_weights`` (a per-step loss weight λ [N], e.g. from :data:`pcpo.algo.step.LOSS_WEIGHTS`)
+    each step also gets ``"loss_weight"``; with ``trained`` (the window's trained steps) ``"trained"``;
+    with either, ``"step"`` (the step's index in the sampler)."""
     native = native_credit(sampler)
     target = pcpo_credit(sampler, w_star=w_star)
     dt = sampler.dt()
-    steps = [
-        {"t": float(t), "dt": float(d), "native": float(n), "pcpo": float(p)}
-        for t, d, n, p in zip(sampler.timesteps.tolist(), dt.tolist(), native.tolist(), target.tolist())
-        if n != float("inf")
-    ]
+    extra = loss_weights is not None or trained is not None
+    steps = []
+    for i, (t, d, n, p) in enumerate(zip(sampler.timesteps.tolist(), dt.tolist(), native.tolist(), target.tolist())):
+        if n == float("inf"):
+            continue
+        row = {"t": float(t), "dt": float(d), "native": float(n), "pcpo": float(p)}
+        if extra:
+            row["step"] = i
+        if loss_weights is not None:
+            row["loss_weight"] = float(loss_weights[i])
+        if trained is not None:
+            row["trained"] = i in set(trained)
+        steps.append(row)
     return {"zeta": float(target.sum()), "sampler": sampler.describe(), "steps": steps}

@@ -84,7 +84,16 @@ def load_trained(ref: RunRef, device: str | torch.device = "cpu") -> ModelAdapte
 
     adapter = load_base(ref.cfg, device)
     state = load_file(str(ref.weights))
+    ema = {k: state.pop(k) for k in [k for k in state if k.startswith("__ema__.")]}
     adapter.load_trainable_state_dict({k: v.to(adapter.device) for k, v in state.items()})
+    if ema:  # a checkpoint of a run with train.ema_decay: evaluate the averaged weights, as the trainer does
+        from ..trainer.ema import ParameterEMA
+
+        avg = ParameterEMA(adapter.trainable_parameters(), decay=1.0)
+        avg.load_state_tensors(ema)
+        with torch.no_grad():
+            for p, e in zip(avg.params, avg.shadow):
+                p.copy_(e)
     adapter.denoiser.eval()
     return adapter
 

@@ -17,12 +17,14 @@ import torch
 
 from ..registry import Registry
 from .base import Sampler, StepOutput
+from .cps import CPSSampler
 from .ddim import SCHEDULE_PRESETS, DDIMSampler
 from .flow import FlowSampler, flow_grid, shift_time
 
 __all__ = [
     "SAMPLERS",
     "SCHEDULE_PRESETS",
+    "CPSSampler",
     "DDIMSampler",
     "FlowSampler",
     "Sampler",
@@ -41,9 +43,15 @@ __all__ = [
 SAMPLERS: Registry[Callable[..., Sampler]] = Registry("sampler", field="sampler.name")
 
 
-def _no_options(name: str, options: dict) -> None:
-    if options:
-        raise ValueError(f"sampler {name!r} takes no DDIM options, got {sorted(options)}")
+_GRID_OPTIONS = ("grid", "scheduler_config", "image_seq_len")
+
+
+def _grid_options(name: str, options: dict) -> dict:
+    """Flow samplers take the grid options only (``grid``, ``scheduler_config``, ``image_seq_len``)."""
+    unknown = sorted(set(options) - set(_GRID_OPTIONS))
+    if unknown:
+        raise ValueError(f"sampler {name!r} takes only the grid options {', '.join(_GRID_OPTIONS)}, got {unknown}")
+    return options
 
 
 @SAMPLERS.register("ddim", kind="diffusion", train=True)
@@ -55,22 +63,25 @@ def _ddim(steps: int, eta: float, shift: float = 1.0, **options) -> Sampler:
 @SAMPLERS.register("dance-sde", kind="flow", train=True)
 def _dance(steps: int, eta: float, shift: float = 1.0, **options) -> Sampler:
     """DanceGRPO's flow SDE, g = η."""
-    _no_options("dance-sde", options)
-    return FlowSampler(num_steps=steps, eta=eta, noise="dance", shift=shift)
+    return FlowSampler(num_steps=steps, eta=eta, noise="dance", shift=shift, **_grid_options("dance-sde", options))
 
 
 @SAMPLERS.register("flow-sde", kind="flow", train=True)
 def _flow(steps: int, eta: float, shift: float = 1.0, **options) -> Sampler:
     """Flow-GRPO's flow SDE, g = η·sqrt(t/(1−t))."""
-    _no_options("flow-sde", options)
-    return FlowSampler(num_steps=steps, eta=eta, noise="flow-grpo", shift=shift)
+    return FlowSampler(num_steps=steps, eta=eta, noise="flow-grpo", shift=shift, **_grid_options("flow-sde", options))
 
 
 @SAMPLERS.register("ode", kind="flow", train=False)
 def _ode(steps: int, eta: float = 0.0, shift: float = 1.0, **options) -> Sampler:
     """The flow Euler ODE (η ignored): evaluation only."""
-    _no_options("ode", options)
-    return FlowSampler(num_steps=steps, eta=0.0, noise="dance", shift=shift)
+    return FlowSampler(num_steps=steps, eta=0.0, noise="dance", shift=shift, **_grid_options("ode", options))
+
+
+@SAMPLERS.register("cps", kind="flow", train=True)
+def _cps(steps: int, eta: float, shift: float = 1.0, **options) -> Sampler:
+    """Flow-GRPO's coefficients-preserving sampler (``sde_type="cps"``), noise level η in [0, 1]."""
+    return CPSSampler(num_steps=steps, eta=eta, shift=shift, **_grid_options("cps", options))
 
 
 def build_sampler(name: str, steps: int, eta: float, shift: float = 1.0, **options) -> Sampler:
@@ -96,21 +107,32 @@ class Trajectory:
 
 @torch.no_grad()
 def rollout(sampler: Sampler, x: torch.Tensor, predict: Predict, generator: torch.Generator | None = None,
-            on_step: Callable[[], None] | None = None) -> Trajectory:
+            on_step: Callable[[], None] | None = None, start: int = 0, stop: int | None = None) -> Trajectory:
     """Run ``sampler`` from ``x`` keeping what the exact log-ratio needs later (docs/method.md §2).
 
     ``predict(x, step_index)`` returns the canonical guided prediction; noise comes from ``generator``.
+    ``start``/``stop``: run only steps ``start … stop − 1`` from the state ``x`` at step ``start`` (the
+    returned tensors then hold those steps only); multistep steps (MixGRPO-Flash's DPM-Solver++ tail)
+    get the previous step's data prediction as ``history``.
     """
     N, B = sampler.num_steps, x.shape[0]
-    states = torch.empty((B, N, *x.shape[1:]), dtype=torch.float32, device=x.device)
+    stop = N if stop is None else stop
+    if not 0 <= start <= stop <= N:
+        raise ValueError(f"rollout: need 0 <= start <= stop <= {N}, got start={start}, stop={stop}")
+    n = stop - start
+    states = torch.empty((B, n, *x.shape[1:]), dtype=torch.float32, device=x.device)
     noise = torch.empty_like(states)
     preds = torch.empty_like(states)
-    for i in range(N):
+    history = None
+    for k, i in enumerate(range(start, stop)):
         p = predict(x, torch.full((B,), i, dtype=torch.long))
-        out = sampler.step(i, x, p, generator=generator)
-        states[:, i] = x
-        noise[:, i] = out.noise
-        preds[:, i] = p
+        kw = {"history": history} if getattr(sampler, "needs_history", None) is not None and sampler.needs_history(i) else {}
+        out = sampler.step(i, x, p, generator=generator, **kw)
+        states[:, k] = x
+        noise[:, k] = out.noise
+        preds[:, k] = p
+        if hasattr(sampler, "data_prediction"):
+            history = sampler.data_prediction(i, x, p)
         x = out.prev_sample
         if on_step is not None:
             on_step()
@@ -125,10 +147,15 @@ def sample(adapter, sampler: Sampler, prompts: Sequence[str], guidance_scale: fl
         cond = adapter.encode_prompts(list(prompts))
     if x is None:
         x = adapter.initial_noise(len(prompts), generator=generator)
+    history = None
     for i in range(sampler.num_steps):
         t = sampler.model_time(i, x.shape[0], x.device)
-        raw = adapter.predict(x, t, cond, guidance_scale)
-        x = sampler.step(i, x, sampler.canonical(i, x, raw), generator=generator).prev_sample
+        p = sampler.canonical(i, x, adapter.predict(x, t, cond, guidance_scale))
+        kw = {"history": history} if getattr(sampler, "needs_history", None) is not None and sampler.needs_history(i) else {}
+        out = sampler.step(i, x, p, generator=generator, **kw)
+        if hasattr(sampler, "data_prediction"):
+            history = sampler.data_prediction(i, x, p)
+        x = out.prev_sample
     return x
 
 

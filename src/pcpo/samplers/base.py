@@ -90,10 +90,28 @@ class Sampler(ABC):
         steps (None = the same N and grid)."""
         raise NotImplementedError(f"{type(self).__name__} has no deterministic counterpart")
 
+    #: how the model is given the time: ``"exact"`` or ``"floor1000"`` (floor(1000·t)/1000, DanceGRPO's
+    #: FLUX script); the step physics always use the exact time.
+    time_input: str = "exact"
+
+    def input_times(self, step_index: torch.Tensor) -> torch.Tensor:
+        """The time the model receives at each of ``step_index`` (long [B]); see :attr:`time_input`."""
+        t = self.timesteps[step_index.cpu().long()]
+        if self.time_input == "floor1000":
+            t = torch.floor(t * 1000) / 1000
+        elif self.time_input != "exact":
+            raise ValueError(f"time_input must be exact or floor1000, got {self.time_input!r}")
+        return t
+
     def model_time(self, i: int, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
-        """The sampler time of step ``i`` repeated for a batch (what ``ModelAdapter.predict`` takes)."""
-        t = self.timesteps[i]
+        """The time the model receives at step ``i``, repeated for a batch (what ``ModelAdapter.predict`` takes)."""
+        t = self.input_times(torch.tensor([i]))[0]
         return t.expand(batch_size).to(device) if device is not None else t.expand(batch_size)
+
+    def inherit(self, other: Sampler) -> Sampler:
+        """Copy ``other``'s model-input convention onto this sampler (after deterministic/with_window)."""
+        self.time_input = other.time_input
+        return self
 
     # ---- the step ---------------------------------------------------------------------------
     def canonical(self, i: int | torch.Tensor, x: torch.Tensor, raw_pred: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,8 @@ class ModelConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = _f("flow-sde", "ddim (DDPO), dance-sde (DanceGRPO, g = eta), flow-sde (Flow-GRPO, g = eta*sqrt(t/(1-t)))",
+    name: str = _f("flow-sde", "ddim (DDPO), dance-sde (DanceGRPO, g = eta), flow-sde (Flow-GRPO, g = eta*sqrt(t/(1-t))), "
+                   "cps (Flow-GRPO's coefficients-preserving sampler, eta in [0, 1])",
                    choices=_registry("pcpo.samplers", "SAMPLERS", train_only=True))
     steps: int = _f(10, "sampling steps per trajectory", gt=0)
     eta: float = _f(0.7, "noise level: DDIM eta, DanceGRPO eta or Flow-GRPO a (> 0: eta = 0 has no log-density)",
@@ -82,6 +83,15 @@ class SamplerConfig:
     shared_noise: bool = _f(False, "share the initial noise within each group (DanceGRPO's init_same_noise)")
     rollout_batch: int = _f(64, "samples per rollout forward pass", gt=0)
     eval_steps: int | None = _f(None, "steps of the deterministic evaluation sampler (null = steps)", gt=0)
+    grid: str = _f("linspace", "time grid of flow samplers: linspace (shifted linspace(1, 0, N+1): DanceGRPO, the "
+                   "paper's zeta) or pipeline (the stock diffusers scheduler's set_timesteps(N): Flow-GRPO)",
+                   choices=("linspace", "pipeline"))
+    solver: str = _f("euler", "flow solver after the SDE window: euler, or dpmsolver++ (MixGRPO-Flash: "
+                     "DPM-Solver++(2M) on a compressed grid; needs train.sde_window)",
+                     choices=("euler", "dpmsolver++"))
+    compress_ratio: float = _f(0.4, "dpmsolver++ only: steps after the window = max(1, (N - L) * ratio)", gt=0, le=1)
+    model_time: str = _f("exact", "time the denoiser is given: exact, or floor1000 (floor(1000 t) / 1000: "
+                         "DanceGRPO's FLUX script)", choices=("exact", "floor1000"))
 
 
 @dataclass
@@ -119,6 +129,14 @@ class TrainConfig:
     loss_weight: str = _f("none", "per-step weight of the objective's terms (none; see "
                           "pcpo.algo.step.LOSS_WEIGHTS)", choices=_registry("pcpo.algo.step", "LOSS_WEIGHTS"))
     loss_weight_options: dict = _f(help="keyword options of the loss weight", factory=dict)
+    sde_window: str = _f("none", "which steps draw noise and are trained in an iteration: none (all), "
+                         "flow_grpo_fast, mix_grpo, tempflow (see pcpo.algo.windows.WINDOWS)",
+                         choices=_registry("pcpo.algo.windows", "WINDOWS"))
+    sde_window_options: dict = _f(help="keyword options of the SDE window (e.g. {size: 2} for flow_grpo_fast)",
+                                  factory=dict)
+    ema_decay: float = _f(0.0, "EMA of the trained parameters used for evaluation and the final weights "
+                          "(0 = off; Flow-GRPO: 0.9), with warm-up min(decay, (1+k)/(10+k))", ge=0, le=1)
+    ema_every: int = _f(1, "update the EMA every N optimizer steps (Flow-GRPO: 8)", gt=0)
     adv_clip: float = _f(5.0, "advantages are clipped to +-adv_clip", gt=0)
     advantage: str = _f("group", "group, per_prompt_tracker (DDPO), prompt_mean_global_std (Flow-GRPO)",
                         choices=_registry("pcpo.algo.advantages", "ADVANTAGES"))
@@ -420,3 +438,27 @@ def validate(cfg: RunConfig) -> None:
         _check(isinstance(w, (int, float)) and not isinstance(w, bool),
                f"reward.weights.{k}: must be a number, got {w!r}")
     _check(bool(cfg.model.family), "model.family: must be set, e.g. toy-flow")
+    _validate_window(cfg)
+
+
+def _validate_window(cfg: RunConfig) -> None:
+    """SDE windows and the Flash solver need a flow sampler; the window's options are checked here."""
+    import torch
+
+    from ..algo.windows import WINDOWS, window_at
+
+    s, t = cfg.sampler, cfg.train
+    windowed = t.sde_window != "none"
+    _check(not windowed or s.name in ("flow-sde", "dance-sde", "cps"),
+           f"train.sde_window: {t.sde_window} needs a flow SDE sampler (flow-sde, dance-sde or cps), "
+           f"not sampler.name={s.name}")
+    _check(s.solver == "euler" or (windowed and s.name in ("flow-sde", "dance-sde")),
+           "sampler.solver: dpmsolver++ (MixGRPO-Flash) runs after an SDE window; set train.sde_window "
+           "(e.g. mix_grpo) with sampler.name flow-sde or dance-sde, or use solver euler")
+    _check(s.solver == "euler" or s.grid == "linspace",
+           "sampler.solver: dpmsolver++ rebuilds the shifted linspace grid after the window; set sampler.grid=linspace")
+    _check(s.solver == "euler" or (t.sde_window != "none" and WINDOWS.meta(t.sde_window)["per"] == "iteration"
+                                   and t.sde_window != "tempflow"),
+           f"sampler.solver: dpmsolver++ needs one window per iteration (mix_grpo), not {t.sde_window}; "
+           "use solver euler")
+    window_at(t.sde_window, s.steps, 0, torch.Generator().manual_seed(0), t.sde_window_options)

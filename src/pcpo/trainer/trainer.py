@@ -16,7 +16,10 @@ import copy
 import json
 import math
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +29,25 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..algo.advantages import advantage_from_config
-from ..algo.step import PolicyStep, StepStats
+from ..algo.step import StepStats
 from ..algo.timesteps import select_timesteps
-from ..checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from ..checkpoint import (
+    CheckpointError,
+    append_record,
+    clean_stale,
+    clean_stale_dir,
+    discard_newer,
+    find_resumable,
+    load_checkpoint,
+    prune_checkpoints,
+    read_records,
+    remove_dir,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    truncate_records,
+)
+from ..errors import PcpoError
 from ..models.base import ModelAdapter, cond_select
 from ..rewards.registry import call_reward
 from ..run import (
@@ -43,12 +62,29 @@ from ..run import (
 from ..samplers import generate, rollout
 from .config import ConfigError, RunConfig, to_dict
 from .distributed import DistContext
+from .plan import Setup, WindowPlan
 
-__all__ = ["NonFiniteError", "Rollout", "Trainer", "select_timesteps"]
+__all__ = ["NonFiniteError", "Rollout", "Trainer", "TrainingInterrupted", "select_timesteps"]
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(PcpoError, RuntimeError):
     """Too many consecutive updates had a NaN/inf loss or reward."""
+
+
+class TrainingInterrupted(PcpoError):
+    """SIGINT/SIGTERM stopped :meth:`Trainer.train` at a consistent point; ``exit_code`` is 130 (SIGINT)
+    or 143 (SIGTERM), ``epoch`` the last epoch saved (``None`` if none), and the message says how to resume."""
+
+    def __init__(self, message: str, signum: int, epoch: int | None):
+        super().__init__(message)
+        self.signum, self.epoch = signum, epoch
+        self.exit_code = 128 + int(signum)
+
+
+class _Stop(BaseException):  # noqa: N818  (raised by the signal handler; a BaseException, like KeyboardInterrupt)
+    def __init__(self, signum: int, forced: bool = False):
+        super().__init__(signum)
+        self.signum, self.forced = signum, forced
 
 
 @dataclass
@@ -59,12 +95,21 @@ class Rollout:
     noise: torch.Tensor         # [B, N, ...] z drawn at each step
     pred_old: torch.Tensor      # [B, N, ...] canonical guided prediction at rollout
     images: torch.Tensor        # [B, 3, H, W] in [0, 1]
+    setups: list | None = None  # [B] the window setup (sampler, policy step, eligible steps) of each row
+    fixed_steps: list | None = None  # [B] trained steps fixed by the rollout (TempFlow branching), else None
 
 
 # ---------------------------------------------------------------------------- trainer
 
 class Trainer:
     """``Trainer(cfg, run_dir).train()``; ``Trainer.resume(run_dir).train()`` continues a run."""
+
+    # fault handling (see train and resume)
+    _stop_signal: int | None = None   # a SIGINT/SIGTERM received during train(), not yet acted on
+    _abandonable = False              # the epoch under way has changed nothing persistent yet
+    _signals_active = False           # train() installed its SIGINT/SIGTERM handlers
+    _saved_epoch: int | None = None   # the newest epoch with a checkpoint on disk (this run's)
+    _epoch_rng = None                 # RNG states at the start of the epoch under way
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, adapter: ModelAdapter | None = None,
                  reward_fn=None, _resuming: bool = False):
@@ -92,9 +137,10 @@ class Trainer:
         self.adapter = adapter if adapter is not None else self._load_model()
         self.adapter.denoiser.eval()  # no dropout: the log-ratio must be a function of the weights
         self.sampler = build_run_sampler(cfg, self.adapter)
-        self.eval_sampler = self.sampler.deterministic(cfg.sampler.eval_steps)
-        self.policy = PolicyStep.from_config(cfg.train, self.sampler)
-        self.eligible = [i for i in range(self.sampler.num_steps) if bool(self.sampler.stochastic[i])]
+        self.eval_sampler = self.sampler.deterministic(cfg.sampler.eval_steps).inherit(self.sampler)
+        #: the iteration's sampler and policy step under an SDE window (one setup without a window)
+        self.plan = WindowPlan(cfg.train, cfg.sampler, self.sampler)
+        self.policy = self.plan.default().policy
 
         self.reward_fn = reward_fn if reward_fn is not None else build_run_reward(cfg)
         self.advantage = advantage_from_config(cfg.train)
@@ -110,6 +156,15 @@ class Trainer:
         if not params:
             raise ConfigError("model: no trainable parameters (LoRA targets matched nothing?)")
         self.params = params
+        self.ema = None
+        if cfg.train.ema_decay > 0:
+            if self.fsdp:
+                raise ConfigError("train.ema_decay: the parameter EMA is not supported with distributed=fsdp; "
+                                  "use distributed=ddp or set train.ema_decay=0")
+            from .ema import ParameterEMA
+
+            self.ema = ParameterEMA(params, cfg.train.ema_decay, cfg.train.ema_every)
+        self.optimizer_steps = 0
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
                                            eps=cfg.train.adam_eps, weight_decay=cfg.train.weight_decay)
         self.ref_adapter = None
@@ -120,8 +175,10 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.mixed_precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.mixed_precision == "fp16" else None
         self.start_epoch = 0
-        #: model forward passes by purpose (rollout steps, update chunks, KL reference, evaluation)
+        #: model forward calls by purpose (batched: rollout steps, update chunks, KL reference, evaluation)
         self.passes = {"rollout": 0, "update": 0, "reference": 0, "eval": 0}
+        #: model evaluations by purpose (rows: one sample at one step; a CFG pair counts once)
+        self.evaluations = {"rollout": 0, "update": 0, "reference": 0, "eval": 0}
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -135,6 +192,9 @@ class Trainer:
         if total % w:
             raise ConfigError(f"data.prompts_per_epoch * data.group_size ({total}) must be divisible by the "
                               f"number of processes ({w})")
+        if cfg.train.sde_window == "tempflow" and (cfg.data.prompts_per_epoch % w):
+            raise ConfigError(f"data.prompts_per_epoch ({cfg.data.prompts_per_epoch}) must be divisible by the number "
+                              f"of processes ({w}) with train.sde_window=tempflow (each process branches whole prompts)")
         mb = cfg.train.minibatch_size or total
         if total % mb:
             raise ConfigError(f"train.minibatch_size ({mb}) must divide the trajectories per epoch ({total})")
@@ -153,18 +213,71 @@ class Trainer:
 
     # ---- resume -----------------------------------------------------------------------------
     @classmethod
-    def resume(cls, run_dir: str | Path, overrides: list[str] | None = None, **kw) -> Trainer:
+    def resume(cls, run_dir: str | Path, overrides: list[str] | None = None, restart: bool = False,
+               **kw) -> Trainer:
+        """Continue the run in ``run_dir`` after its newest intact checkpoint.
+
+        First clears what killed writers left (``.tmp-*``/``.del-*`` folders, incomplete older
+        ``epoch-*``; one stderr line each). A damaged or incomplete newer checkpoint is reported in one
+        stderr line naming the file and skipped (and removed once the older one is loaded). Without any
+        usable checkpoint the run starts again from epoch 0 only if that loses nothing (no trained epoch
+        in ``metrics.jsonl``) or ``restart`` is true; otherwise :class:`CheckpointError` says what would
+        be retrained, before any work and with ``metrics.jsonl`` untouched. A finished run
+        (:attr:`finished`) makes :meth:`train` return at once.
+        """
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume: {run_dir} has no config.yaml; is it a pcpo run directory?")
         cfg = load_run_config(run_dir, overrides)
+        main = os.environ.get("RANK", "0") == "0"
+        found = None
+        if main:  # before any other rank looks: they wait in the barrier below
+            for line in clean_stale(run_dir) + clean_stale_dir(run_dir, required=()):
+                print(f"pcpo: {run_dir}/{line}", file=sys.stderr)
+            found, warnings = find_resumable(run_dir)
+            for line in warnings:
+                print(f"warning: {run_dir}/{line}", file=sys.stderr)
+            if found is None and not restart:
+                cls._check_nothing_lost(run_dir)
         trainer = cls(cfg, run_dir, _resuming=True, **kw)
-        ckpts = list_checkpoints(run_dir)
-        if ckpts:
-            trainer.load(ckpts[-1])
-        else:  # killed before the first checkpoint: start over, dropping partial logs
+        trainer.dist.barrier()
+        if not main:
+            found, _ = find_resumable(run_dir)
+        if trainer.dist.enabled:  # every rank must continue from the same checkpoint
+            mine = torch.tensor([_epoch_of(found)], dtype=torch.float64, device=trainer.device)
+            seen = trainer.dist.all_gather_cat(mine)
+            if bool((seen != seen[0]).any()):
+                raise CheckpointError(run_dir / "checkpoints", "the ranks see different newest intact "
+                                      f"checkpoints (epochs {[int(e) for e in seen.tolist()]}); resume on a "
+                                      "file system all ranks share")
+        if found is not None:
+            trainer.load(found)
+            if trainer.dist.is_main:
+                for line in discard_newer(run_dir, trainer.start_epoch):
+                    print(f"pcpo: {run_dir}/{line}", file=sys.stderr)
+        else:  # killed before the first checkpoint (or restart): start over, dropping partial logs
             trainer._truncate_metrics(-1)
+        trainer.dist.barrier()
         return trainer
+
+    @staticmethod
+    def _check_nothing_lost(run_dir: Path) -> None:
+        """Raise CheckpointError if starting ``run_dir`` over would retrain epochs its log holds."""
+        trained = sorted({r.get("epoch", 0) for r in read_records(run_dir / "metrics.jsonl")} - {0})
+        if not trained:
+            return
+        any_ckpt = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+        why = "no intact checkpoint (see the warnings above)" if any_ckpt else "no checkpoint"
+        raise CheckpointError(
+            run_dir / "checkpoints",
+            f"{why} to resume from: the {len(trained)} epochs (up to epoch {trained[-1]}) logged in "
+            f"{run_dir / 'metrics.jsonl'} would be retrained from epoch 0; to start over, delete that file "
+            f"and run `pcpo train --resume {run_dir}` again, or `Trainer.resume(..., restart=True)`")
+
+    @property
+    def finished(self) -> bool:
+        """The run has trained all ``epochs`` and written ``final/``: :meth:`train` has nothing to do."""
+        return self.start_epoch >= self.cfg.epochs and (self.run_dir / "final").is_dir()
 
     def load(self, path: Path) -> None:
         model, opt, rng, payload = load_checkpoint(path)
@@ -179,24 +292,24 @@ class Trainer:
             set_model_state_dict(self.adapter.denoiser, model, options=opts)
             set_optimizer_state_dict(self.adapter.denoiser, self.optimizer, opt, options=opts)
         else:
+            ema = {k: model.pop(k) for k in [k for k in model if k.startswith("__ema__.")]}
             self.adapter.load_trainable_state_dict({k: v.to(self.device) for k, v in model.items()})
             self.optimizer.load_state_dict(opt)
+            if self.ema is not None:
+                self.ema.load_state_tensors(ema)
+        self.optimizer_steps = payload.get("optimizer_steps", 0)
         set_rng_state(rng, payload["rng"])
         self.advantage.load_state_dict(payload.get("advantage", {}))
         self.nonfinite_streak = payload.get("nonfinite_streak", 0)
         self.nonfinite_total = payload.get("nonfinite_total", 0)
-        self.start_epoch = payload["epoch"]
+        self.start_epoch = self._saved_epoch = payload["epoch"]
         self._truncate_metrics(self.start_epoch)
 
     def _truncate_metrics(self, epochs_done: int) -> None:
-        """Keep log lines of epochs <= ``epochs_done``; later ones are recomputed identically on resume."""
-        if not self.dist.is_main or not self.metrics_path.exists():
-            return
-        keep = [ln for ln in self.metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("epoch", 0) <= epochs_done]
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, self.metrics_path)
+        """Keep log lines of epochs <= ``epochs_done`` (a last line cut by a kill is dropped); later ones
+        are recomputed identically on resume."""
+        if self.dist.is_main:
+            truncate_records(self.metrics_path, epochs_done)
 
     def _model_state(self) -> dict[str, torch.Tensor]:
         """Trained weights, full (gathered) under FSDP: every rank must call this."""
@@ -219,6 +332,7 @@ class Trainer:
 
     def save(self, epoch: int) -> None:
         model_state, opt_state = self._model_state(), self._optimizer_state()
+        self._saved_epoch = epoch
         if not self.dist.is_main:
             return
         state = {
@@ -226,7 +340,10 @@ class Trainer:
             "nonfinite_streak": self.nonfinite_streak,
             "nonfinite_total": self.nonfinite_total,
             "sampler": self.sampler.describe(),
+            "optimizer_steps": self.optimizer_steps,
         }
+        if self.ema is not None:
+            model_state = {**model_state, **self.ema.state_tensors()}
         save_checkpoint(self.run_dir, epoch, model_state, opt_state, state, keep_last=self.cfg.checkpoint.keep_last)
 
     # ---- forward ----------------------------------------------------------------------------
@@ -235,11 +352,12 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _predict(self, adapter: ModelAdapter, x, step_idx: torch.Tensor, cond) -> torch.Tensor:
-        t = self.sampler.timesteps[step_idx.cpu()].to(self.device)
+    def _predict(self, adapter: ModelAdapter, x, step_idx: torch.Tensor, cond, sampler=None) -> torch.Tensor:
+        sampler = sampler if sampler is not None else self.sampler
+        t = sampler.input_times(step_idx).to(self.device)
         with self._autocast():
             raw = adapter.predict(x, t, cond, self.cfg.sampler.guidance_scale)
-        return self.sampler.canonical(step_idx.cpu(), x, raw.float())
+        return sampler.canonical(step_idx.cpu(), x, raw.float())
 
     # ---- epoch pieces -----------------------------------------------------------------------
     def epoch_prompts(self, epoch: int) -> tuple[list[str], list[int]]:
@@ -271,23 +389,91 @@ class Trainer:
             x_all = x_all[::G].repeat_interleave(G, dim=0)
         x_local = x_all[sl]
         local_prompts = prompts[sl]
-        cond = self.adapter.encode_prompts(local_prompts)
         gen = derived_generator(self.cfg.seed, "rollout", epoch, self.dist.rank, device=self.device)
         B, rb = len(local_prompts), self.cfg.sampler.rollout_batch
+        setups = self.plan.setups(epoch, math.ceil(B / rb), derived_generator(self.cfg.seed, "window", epoch))
+        if setups[0].window.branching == "per_step":
+            return self._rollout_per_step(setups[0], prompts, keys, x_local, local_prompts, gen)
+        cond = self.adapter.encode_prompts(local_prompts)
         bar = tqdm(total=self.sampler.num_steps * math.ceil(B / rb), desc="rollout", leave=False,
                    disable=not self._bars())
-        parts = []
-        for start in range(0, B, rb):
+        parts, row_setups = [], []
+        G = self.cfg.data.group_size
+
+        def on_step():
+            self.passes["rollout"] += 1
+            bar.update()
+        for k, start in enumerate(range(0, B, rb)):
             idx = torch.arange(start, min(B, start + rb))
+            su = setups[k]
             c = cond_select(cond, idx.to(next(iter(cond.values())).device)) if cond else cond
-            parts.append(rollout(self.sampler, x_local[idx].float(),
-                                 lambda x, step_idx, c=c: self._predict(self.adapter, x, step_idx, c),
-                                 generator=gen, on_step=bar.update))
-            self.passes["rollout"] += self.sampler.num_steps
+            first = su.window.sde_steps[0] if su.window.sde_steps else su.sampler.num_steps
+            if su.window.branching == "prefix" and first > 0:
+                from ..samplers.branching import rollout_shared_prefix
+
+                groups = [(sl.start + int(i)) // G for i in idx]
+                traj, cost = rollout_shared_prefix(
+                    su.sampler, x_local[idx].float(),
+                    lambda x, step_idx, rows, c=c, sm=su.sampler: self._predict(
+                        self.adapter, x, step_idx, cond_select(c, rows.to(next(iter(c.values())).device)) if c else c, sm),
+                    groups, first, generator=gen, on_step=on_step)
+            else:
+                traj = rollout(su.sampler, x_local[idx].float(),
+                               lambda x, step_idx, c=c, sm=su.sampler: self._predict(self.adapter, x, step_idx, c, sm),
+                               generator=gen, on_step=on_step)
+                cost = su.sampler.num_steps * len(idx)
+            self.evaluations["rollout"] += cost
+            parts.append(traj)
+            row_setups += [su] * len(idx)
         bar.close()
         images = self.adapter.decode(torch.cat([t.final for t in parts])).float()
         states, noise, preds = (torch.cat([getattr(t, k) for t in parts]) for k in ("states", "noise", "preds"))
-        return Rollout(local_prompts, cond, states, noise, preds, images), prompts, keys
+        return Rollout(local_prompts, cond, states, noise, preds, images, setups=row_setups), prompts, keys
+
+    def _rollout_per_step(self, su: Setup, prompts: list[str], keys: list[int], x_local: torch.Tensor,
+                          local_prompts: list[str], gen) -> tuple[Rollout, list[str], list[int]]:
+        """TempFlow-GRPO's branching: one ODE trajectory per prompt group, ``children`` SDE children at
+        each branch step; rows are (group, branch step, child) and their advantages are grouped by
+        (prompt, branch step). Returns the rows' global group labels in place of ``prompts``/``keys``."""
+        from ..samplers.branching import rollout_per_step
+
+        G, K = self.cfg.data.group_size, su.window.children
+        branches = su.window.sde_steps
+        S = len(branches)
+        group_prompts = local_prompts[::G]
+        x_groups = x_local[::G].float()
+        ode = self.sampler.deterministic().inherit(self.sampler)
+        cond_all = self.adapter.encode_prompts(group_prompts)
+        dev = next(iter(cond_all.values())).device if cond_all else None
+        per = max(1, self.cfg.sampler.rollout_batch // K)
+        parts, branch_of = [], []
+
+        def on_step():
+            self.passes["rollout"] += 1
+        for start in range(0, len(group_prompts), per):
+            idx = torch.arange(start, min(len(group_prompts), start + per))
+            c = cond_select(cond_all, idx.to(dev)) if cond_all else cond_all
+            traj, b_of, cost = rollout_per_step(
+                su.sampler, ode, x_groups[idx],
+                lambda x, step_idx, rows, c=c: self._predict(
+                    self.adapter, x, step_idx, cond_select(c, rows.to(dev)) if c else c, su.sampler),
+                branches, K, generator=gen, on_step=on_step)
+            self.evaluations["rollout"] += cost
+            parts.append(traj)
+            branch_of += b_of.tolist()
+        row_prompt = [p for p in group_prompts for _ in range(S * K)]
+        cond = self.adapter.encode_prompts(row_prompt)
+        images = self.adapter.decode(torch.cat([t.final for t in parts])).float()
+        states, noise, preds = (torch.cat([getattr(t, k) for t in parts]) for k in ("states", "noise", "preds"))
+        trained = set(su.window.trained)
+        fixed = [[b] if b in trained else [] for b in branch_of]
+        ro = Rollout(row_prompt, cond, states, noise, preds, images, setups=[su] * len(row_prompt), fixed_steps=fixed)
+        # global row labels: group g's rows (g, s, k); advantages group the children of one branch step
+        all_groups = prompts[::G]
+        row_keys = [g * S + s for g in range(len(all_groups)) for s in range(S) for _ in range(K)]
+        row_labels = [f"{all_groups[g]} @step {branches[s]}" for g in range(len(all_groups)) for s in range(S)
+                      for _ in range(K)]
+        return ro, row_labels, row_keys
 
     def compute_advantages(self, rewards_local: torch.Tensor, global_keys: list[int],
                            global_prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,24 +487,35 @@ class Trainer:
         cfg = self.cfg.train
         B = ro.states.shape[0]
         gen = derived_generator(self.cfg.seed, "update", epoch, self.dist.rank)
-        mb_local = (cfg.minibatch_size or B * self.dist.world_size) // self.dist.world_size
+        total = self.cfg.data.prompts_per_epoch * self.cfg.data.group_size
+        mb_local = math.ceil(B / (total // (cfg.minibatch_size or total)))
         adv = adv.to(self.device)
         stats = StepStats(self.sampler.num_steps)
-        passes0 = self.passes["update"]
-        skipped = 0
-        selections = [select_timesteps(cfg.timestep_selection, cfg.timestep_fraction, self.eligible, gen)
-                      for _ in range(B)]
-        bar = tqdm(total=cfg.inner_epochs * (B // mb_local), desc="update", leave=False, disable=not self._bars())
+        passes0, evals0 = self.passes["update"], self.evaluations["update"]
+        skipped = empty = 0
+        setups = ro.setups or [self.plan.default()] * B
+        sid = {id(su): k for k, su in reversed(list(enumerate(setups)))}
+        selections = [ro.fixed_steps[b] if ro.fixed_steps is not None else
+                      select_timesteps(cfg.timestep_selection, cfg.timestep_fraction, setups[b].eligible, gen)
+                      if setups[b].eligible else [] for b in range(B)]
+        n_mb = cfg.inner_epochs * math.ceil(B / mb_local)
+        bar = tqdm(total=n_mb, desc="update", leave=False, disable=not self._bars())
         for inner in range(cfg.inner_epochs):
             order = torch.randperm(B, generator=gen).tolist()
             for m0 in range(0, B, mb_local):
-                pairs = sorted((i, b) for b in order[m0:m0 + mb_local] for i in selections[b])
+                pairs = sorted((sid[id(setups[b])], i, b) for b in order[m0:m0 + mb_local] for i in selections[b])
+                bar.update()
+                if not self.dist.any(bool(pairs), self.device):    # an empty SDE window: nothing to train
+                    empty += 1
+                    continue
                 self.optimizer.zero_grad(set_to_none=True)
                 bad = False
-                for c0 in range(0, len(pairs), cfg.micro_batch):
-                    chunk = pairs[c0:c0 + cfg.micro_batch]
-                    s_idx = torch.tensor([i for i, _ in chunk], dtype=torch.long)
-                    res = self._policy_forward(ro, adv, s_idx, torch.tensor([b for _, b in chunk], dtype=torch.long))
+                chunks = [pairs[c0:c0 + cfg.micro_batch] for c0 in range(0, len(pairs), cfg.micro_batch)]
+                chunks = [[q for q in ch if q[0] == k] for ch in chunks for k in sorted({q[0] for q in ch})]
+                for chunk in chunks:
+                    s_idx = torch.tensor([i for _, i, _ in chunk], dtype=torch.long)
+                    res = self._policy_forward(ro, adv, s_idx, torch.tensor([b for _, _, b in chunk], dtype=torch.long),
+                                               setups[chunk[0][2]])
                     if not torch.isfinite(res.loss):
                         bad = True
                         break
@@ -332,28 +529,33 @@ class Trainer:
                 else:
                     stats.grad_norms.append(self._optimizer_step())
                     self.nonfinite_streak = 0
-                bar.update()
         bar.close()
-        return {**stats.summary(cfg.inner_epochs * (B // mb_local) - skipped), "updates_skipped": skipped,
-                "forward_passes": self.passes["update"] - passes0}
+        return {**stats.summary(n_mb - skipped - empty), "updates_skipped": skipped, "updates_empty_window": empty,
+                "forward_passes": self.passes["update"] - passes0,
+                "model_evaluations_update": self.evaluations["update"] - evals0}
 
-    def _policy_forward(self, ro: Rollout, adv: torch.Tensor, s_idx: torch.Tensor, b_idx: torch.Tensor):
-        """Forward the pairs (b_idx, s_idx) and evaluate the policy step on them."""
+    def _policy_forward(self, ro: Rollout, adv: torch.Tensor, s_idx: torch.Tensor, b_idx: torch.Tensor,
+                        setup: Setup | None = None):
+        """Forward the pairs (b_idx, s_idx) and evaluate the policy step of their window on them."""
+        setup = setup if setup is not None else self.plan.default()
+        sampler, policy = setup.sampler, setup.policy
         bi, si = b_idx.to(self.device), s_idx.to(self.device)
         x = ro.states[bi, si]
         cond = cond_select(ro.cond, bi.to(next(iter(ro.cond.values())).device)) if ro.cond else ro.cond
-        p = self._predict(self.adapter, x, s_idx, cond)
+        p = self._predict(self.adapter, x, s_idx, cond, sampler)
         self.passes["update"] += 1
+        self.evaluations["update"] += len(s_idx)
         p_ref = None
-        if self.policy.needs_reference:
+        if policy.needs_reference:
             with torch.no_grad():
                 if self.ref_adapter is not None:
-                    p_ref = self._predict(self.ref_adapter, x, s_idx, cond)
+                    p_ref = self._predict(self.ref_adapter, x, s_idx, cond, sampler)
                 else:
                     with self.adapter.reference():
-                        p_ref = self._predict(self.adapter, x, s_idx, cond)
+                        p_ref = self._predict(self.adapter, x, s_idx, cond, sampler)
             self.passes["reference"] += 1
-        return self.policy(p, ro.pred_old[bi, si], ro.noise[bi, si], adv[bi], s_idx, pred_ref=p_ref)
+            self.evaluations["reference"] += len(s_idx)
+        return policy(p, ro.pred_old[bi, si], ro.noise[bi, si], adv[bi], s_idx, pred_ref=p_ref)
 
     def _backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -371,6 +573,9 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.ema is not None:
+            self.ema.step(self.optimizer_steps)
+        self.optimizer_steps += 1
         return float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
 
     def _nonfinite(self, what: str) -> None:
@@ -383,9 +588,14 @@ class Trainer:
             )
 
     # ---- evaluation -------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, epoch: int) -> dict:
-        """Held-out prompts with the deterministic sampler and a fixed noise seed (rank 0 only)."""
+        """Held-out prompts with the deterministic sampler and a fixed noise seed (rank 0 only); with
+        ``train.ema_decay``, with the EMA weights."""
+        with self._ema_weights():
+            return self._evaluate(epoch)
+
+    @torch.no_grad()
+    def _evaluate(self, epoch: int) -> dict:
 
         cfg = self.cfg.eval
         prompts = [p for p in self.eval_prompts for _ in range(cfg.images_per_prompt)]
@@ -394,6 +604,7 @@ class Trainer:
         images = generate(self.adapter, self.eval_sampler, prompts, self.cfg.sampler.guidance_scale, x,
                           batch=self.cfg.sampler.rollout_batch, context=self._autocast)
         self.passes["eval"] += self.eval_sampler.num_steps * math.ceil(len(prompts) / self.cfg.sampler.rollout_batch)
+        self.evaluations["eval"] += self.eval_sampler.num_steps * len(prompts)
         meta = self.eval_prompt_set.metadata_for(prompts)
         rewards = call_reward(self.reward_fn, images, prompts, meta).float().cpu()
         out = {"eval_reward_mean": float(rewards.mean()), "eval_reward_std": float(rewards.std(unbiased=False))}
@@ -439,7 +650,8 @@ class Trainer:
         if self.cfg.log.tensorboard and self.tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            # a resumed run hides the events a killed session wrote after its checkpoint
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_epoch + 1 if self.start_epoch else None)
         if self.cfg.log.wandb and self.wandb is None:
             try:
                 import wandb
@@ -449,33 +661,53 @@ class Trainer:
                                     config=to_dict(self.cfg), name=self.run_dir.name, resume="allow")
 
     def log(self, record: dict) -> None:
+        """Append ``record`` to ``metrics.jsonl`` (strict JSON: NaN/inf as ``null``, named in ``nonfinite``)
+        and to TensorBoard (``train/``, ``eval/``, ``gold/``, ``time/`` tags; per-step histograms; the
+        held-out grid as an image) and wandb."""
         if not self.dist.is_main:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(self.metrics_path, record)
         step = record["epoch"]
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and v is not None and k != "epoch"}
+        scalars = {_tb_tag(k): float(v) for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch" and math.isfinite(v)}
         if self.tb is not None:
             for k, v in scalars.items():
-                if math.isfinite(v):
-                    self.tb.add_scalar(k, v, step)
+                self.tb.add_scalar(k, v, step)
             for k in ("clipfrac_per_step", "abs_log_ratio_per_step"):
-                vals = [v for v in record.get(k) or [] if v is not None]
+                vals = [v for v in record.get(k) or [] if v is not None and math.isfinite(v)]
                 if vals:
-                    self.tb.add_histogram(k, torch.tensor(vals), step)
+                    self.tb.add_histogram(_tb_tag(k), torch.tensor(vals), step)
+            grid = self.run_dir / "images" / f"epoch-{step:05d}.png"
+            if any(k.startswith("eval_") for k in record) and grid.is_file():
+                import numpy as np
+                from PIL import Image
+
+                with Image.open(grid) as im:
+                    self.tb.add_image("eval/samples", np.asarray(im.convert("RGB")), step, dataformats="HWC")
             self.tb.flush()
         if self.wandb is not None:
             self.wandb.log(scalars, step=step)
 
     def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(ln) for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
+        """The records of ``metrics.jsonl`` (a last line cut by a kill is left out)."""
+        return read_records(self.metrics_path)
 
     # ---- main loop --------------------------------------------------------------------------
     def train(self) -> list[dict]:
+        """Train epochs ``start_epoch + 1 .. epochs``, then write ``final/``; returns the metrics records.
+
+        SIGINT/SIGTERM (main thread only) stop the run at a consistent point: during an epoch's rollout
+        and reward (which change nothing kept) the epoch is dropped at once; during its update and
+        evaluation it is finished first. The last completed epoch is then checkpointed (if it was not)
+        and :class:`TrainingInterrupted` (exit code 130 / 143) says how to resume; a second SIGINT stops
+        at once without saving the epoch under way. Under torchrun the ranks agree on when to stop.
+        """
         cfg = self.cfg
+        if self.finished:
+            if self.dist.is_main:
+                print(f"{self.run_dir}: already finished at epoch {self.start_epoch} (final/ written); "
+                      f"nothing to do (extend it with `--set epochs=N`)", flush=True)
+            return self.read_metrics()
         self._open_loggers()
         if self.dist.is_main and self.start_epoch == 0:
             from ..algo.credit import credit_table
@@ -489,47 +721,128 @@ class Trainer:
             self.log({"epoch": 0, **ev})
             self._summary(0, ev)
         self.dist.barrier()
+        done = self.start_epoch  # the last completed epoch
+        handlers = self._install_signal_handlers()
         try:
-            for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
-                record = self.train_epoch(epoch)
-                if (self.dist.is_main or self.fsdp) and (
-                        epoch == cfg.epochs or (cfg.eval.every and epoch % cfg.eval.every == 0)):
-                    record.update(self.evaluate(epoch))
-                self.log(record)
-                self._summary(epoch, record)
-                if epoch == cfg.epochs or epoch % cfg.checkpoint.every == 0:
-                    self.save(epoch)
-                    self._plot_curves()
-                self.dist.barrier()
+            try:
+                for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
+                    self._epoch_rng = rng_state()
+                    record = self.train_epoch(epoch)
+                    if (self.dist.is_main or self.fsdp) and (
+                            epoch == cfg.epochs or (cfg.eval.every and epoch % cfg.eval.every == 0)):
+                        record.update(self.evaluate(epoch))
+                    self.log(record)
+                    self._summary(epoch, record)
+                    if epoch == cfg.epochs or epoch % cfg.checkpoint.every == 0:
+                        self.save(epoch)
+                        self._plot_curves()
+                    self.dist.barrier()
+                    done, self._epoch_rng = epoch, None
+                    if self._stop_requested():
+                        raise _Stop(self._stop_signal)
+            except _Stop as stop:
+                self._abandonable = False
+                self._interrupted(stop, done)
+            finally:
+                self._restore_signal_handlers(handlers)
         finally:
             if self.tb is not None:
                 self.tb.close()
+                self.tb = None
             if self.wandb is not None:
                 self.wandb.finish()
+                self.wandb = None
         self._save_final()
         return self.read_metrics()
 
+    # ---- interruption -----------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        self._stop_signal, self._signals_active = None, True
+        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _restore_signal_handlers(self, handlers: dict | None) -> None:
+        self._signals_active = self._abandonable = False
+        for s, h in (handlers or {}).items():
+            signal.signal(s, h)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:  # the second Ctrl-C
+            raise _Stop(signum, forced=True)
+        if self._stop_signal is None:
+            self._stop_signal = signum
+        if self._abandonable and not self.dist.enabled:
+            raise _Stop(signum)
+
+    def _stop_requested(self) -> bool:
+        """A stop signal arrived (on any rank: a collective, so every rank calls it at the same points)."""
+        if not self._signals_active:
+            return False
+        if self.dist.enabled:
+            stop = self.dist.any(self._stop_signal is not None, self.device)
+            if stop and self._stop_signal is None:
+                self._stop_signal = signal.SIGTERM  # the signal went to another rank only
+            return stop
+        return self._stop_signal is not None
+
+    def _interrupted(self, stop: _Stop, done: int) -> None:
+        """Checkpoint epoch ``done`` (the last completed one) unless saved or forced; raise TrainingInterrupted."""
+        name = signal.Signals(stop.signum).name
+        resume = f"`pcpo train --resume {self.run_dir}`"
+        if stop.forced:
+            at = self._saved_epoch
+            msg = (f"stopped by a second {name} during epoch {done + 1}, which is not saved; {resume} continues "
+                   + (f"after epoch {at}" if at else "from the start"))
+        elif done > 0:
+            msg = f"stopped by {name} after epoch {done} (checkpoints/epoch-{done:06d}); continue with {resume}"
+            if self._saved_epoch != done:
+                if self._epoch_rng is not None:  # undo what the dropped epoch drew from the global RNGs
+                    set_rng_state(*self._epoch_rng)
+                try:
+                    self.save(done)
+                    self._plot_curves()
+                except _Stop:
+                    at = self._saved_epoch
+                    msg = (f"stopped by a second {name} while saving epoch {done}; {resume} continues "
+                           + (f"after epoch {at}" if at else "from the start"))
+        else:
+            msg = f"stopped by {name} during epoch 1, before anything was trained; {resume} starts it again"
+        if not stop.forced:
+            self.dist.barrier()
+        raise TrainingInterrupted(msg, stop.signum, self._saved_epoch) from None
+
     def train_epoch(self, epoch: int) -> dict:
+        """Rollout, reward, advantages, update. A batch with a non-finite reward is skipped before the
+        advantage estimator sees it (its state, e.g. DDPO's per-prompt buffers, is unchanged) and counted;
+        its ``reward_mean``/``reward_std`` are over the finite rewards, ``rewards_nonfinite`` counts the rest."""
         t0 = time.perf_counter()
+        self._abandonable = self._signals_active  # a stop signal may drop the epoch until the rewards are in
         ro, prompts, keys = self.rollout(epoch)
         t1 = time.perf_counter()
         rewards_local = call_reward(self.reward_fn, ro.images, ro.prompts,
                                     self.train_prompt_set.metadata_for(ro.prompts)).float()
         t2 = time.perf_counter()
-        bad_reward = self.dist.any(not bool(torch.isfinite(rewards_local).all()), self.device)
-        rewards, adv = self.compute_advantages(torch.nan_to_num(rewards_local, nan=0.0, posinf=0.0, neginf=0.0),
-                                               keys, prompts)
-        if bad_reward:
+        self._abandonable = False
+        if self._stop_requested():
+            raise _Stop(self._stop_signal)
+        rewards = self.dist.all_gather_cat(rewards_local.to(self.device)).cpu()  # identical on every rank
+        finite = torch.isfinite(rewards)
+        adv = None
+        if bool(finite.all()):
+            rewards, adv = self.compute_advantages(rewards_local, keys, prompts)
+            upd = self.update(ro, adv, epoch)
+        else:
             self._nonfinite("reward")
             upd = {"updates_skipped": 1}
-        else:
-            upd = self.update(ro, adv, epoch)
         t3 = time.perf_counter()
+        ok = rewards[finite]
         record = {
             "epoch": epoch,
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std(unbiased=False)),
-            "adv_abs_mean": float(adv.abs().mean()),
+            "reward_mean": float(ok.mean()) if ok.numel() else None,
+            "reward_std": float(ok.std(unbiased=False)) if ok.numel() else None,
+            "rewards_nonfinite": int((~finite).sum()),
+            "adv_abs_mean": float(adv.abs().mean()) if adv is not None else None,
             **upd,
             "nonfinite_total": self.nonfinite_total,
             "time_rollout_s": t1 - t0,
@@ -539,7 +852,8 @@ class Trainer:
         }
         if self.cfg.log.per_sample:
             record["rewards"] = rewards.tolist()
-            record["advantages"] = self.dist.all_gather_cat(adv.to(self.device)).cpu().tolist()
+            record["advantages"] = (self.dist.all_gather_cat(adv.to(self.device)).cpu().tolist()
+                                    if adv is not None else None)
             record["group_keys"] = list(keys)
         if self.dist.enabled and not self.fsdp:  # every rank must hold the same weights after the all-reduced update
             checksum = torch.stack([p.detach().double().sum() for p in self.params]).sum().view(1).to(self.device)
@@ -564,19 +878,60 @@ class Trainer:
             return
         from ..figures import plot_training
 
-        plot_training(self.read_metrics(), str(self.run_dir / "curves.png"))
+        out = self.run_dir / "curves.png"
+        tmp = self.run_dir / f".curves.tmp-{os.getpid()}.png"
+        try:
+            plot_training(self.read_metrics(), str(tmp))
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _save_final(self) -> None:
+        """Write ``final/`` atomically (a temporary folder renamed into place), then drop the fallback
+        checkpoint: a finished run keeps its newest ``checkpoint.keep_last - 1`` (at least one, so that
+        ``--resume --set epochs=N`` can extend it). With ``train.ema_decay`` the final weights are the EMA's."""
+        with self._ema_weights():
+            self._write_final()
+
+    def _ema_weights(self):
+        """The EMA weights inside the block (Flow-GRPO evaluates and saves with them); a no-op without EMA."""
+        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+
+    def _write_final(self) -> None:
         state = self._model_state()
         if not self.dist.is_main:
             return
-        save = getattr(self.adapter, "save_trained", None)
-        if save is not None and not self.fsdp:
-            save(self.run_dir / "final")
-        else:
-            from safetensors.torch import save_file
+        out = self.run_dir / "final"
+        tmp = self.run_dir / f".tmp-final-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            save = getattr(self.adapter, "save_trained", None)
+            if save is not None and not self.fsdp:
+                save(tmp)
+            else:
+                from safetensors.torch import save_file
 
-            out = self.run_dir / "final"
-            out.mkdir(exist_ok=True)
-            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / "model.safetensors"))
+                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if out.exists():
+            remove_dir(out)
+        os.replace(tmp, out)
+        prune_checkpoints(self.run_dir, max(1, self.cfg.checkpoint.keep_last - 1))
 
+
+def _epoch_of(ckpt: Path | None) -> int:
+    return -1 if ckpt is None else int(ckpt.name.rsplit("-", 1)[1])
+
+
+def _tb_tag(key: str) -> str:
+    """TensorBoard tag of a metrics key: ``eval/...``, ``gold/...``, ``time/...`` or ``train/...``."""
+    if key == "time_s":
+        return "time/epoch_s"
+    for prefix in ("eval", "gold", "time"):
+        if key.startswith(prefix + "_"):
+            return f"{prefix}/{key[len(prefix) + 1:]}"
+    return f"train/{key}"

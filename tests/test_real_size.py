@@ -94,6 +94,26 @@ def test_published_counts_and_projection_terms():
         rs.activation_model(units, False)["persistent"] * setup.rows * 2 / 2**30)
 
 
+def test_committed_report_is_the_one_the_json_gives(tmp_path):
+    """benchmarks/REAL_SIZE.md's tables are what ``--report`` writes from benchmarks/real-size/*.json."""
+    results = [json.loads(f.read_text()) for f in sorted(rs.OUT_DIR.glob("*.json")) if f.name != "projection.json"]
+    tables = rs.markdown_tables(results, [rs.project(s) for s in rs.gpu_setups()])
+    text = rs.REPORT.read_text()
+    assert text.split(rs.BEGIN, 1)[1].split(rs.END, 1)[0].strip() == tables.strip()
+    # every family at its published width, the measured peak within 3 % of the model, LoRA round trips exact
+    rows = [ln for ln in tables.splitlines() if ln.startswith("| ") and "`" in ln.split("|")[2]]
+    assert [ln.split("|")[1].strip() for ln in rows] == ["SD1.5"] * 3 + [
+        "SDXL", "SD3.5-Medium", "FLUX.1-dev, 2 + 4 of 19 + 38 blocks"]
+    for ln in rows:
+        assert 0.97 <= float(ln.split("|")[9]) <= 1.03, ln
+        assert "MISMATCH" not in ln
+    # write_report replaces the generated part only
+    doc = tmp_path / "R.md"
+    doc.write_text(f"intro\n{rs.BEGIN}\nold\n{rs.END}\noutro\n")
+    rs.write_report("| new |", doc)
+    assert doc.read_text() == f"intro\n{rs.BEGIN}\n\n| new |\n\n{rs.END}\noutro\n"
+
+
 @pytest.mark.slow
 def test_quick_case_end_to_end(tmp_path):
     """The script's --quick case: SD3.5-M width (blocks 0 and 1 of 24), 256 px, CFG: rollout and LoRA update

@@ -28,7 +28,7 @@ DEFAULT_PATHS = {
     "sd3": "stabilityai/stable-diffusion-3.5-medium",
     "flux": "black-forest-labs/FLUX.1-dev",
 }
-# (sampler overrides, guidance) = each family's baseline (method.md §6)
+# (sampler overrides, guidance) = each family's baseline (docs/method.md §6)
 BASELINE = {
     "sd": (["sampler.name=ddim", "sampler.eta=1.0"], 5.0),
     "sdxl": (["sampler.name=ddim", "sampler.eta=1.0"], 5.0),

@@ -113,7 +113,7 @@ def test_ddim_schedule_read_from_config(tiny_pipelines):
     ref = DDIMScheduler.from_config(adapter.pipe.scheduler.config)
     ref.set_timesteps(50)
     assert torch.equal(s.timesteps, ref.timesteps)
-    w = s.native_weights()  # method.md §5: SD1.5, 50 steps, η = 1
+    w = s.native_weights()  # docs/method.md §5: SD1.5, 50 steps, η = 1
     assert w.min().item() == pytest.approx(0.374, abs=5e-4) and w.max().item() == pytest.approx(3.275, abs=5e-4)
 
 
@@ -309,7 +309,8 @@ def test_bf16_weights_and_autocast(tiny_pipelines):
 @pytest.mark.parametrize("name, zeta", [
     ("real/ddpo-sd15", None), ("real/ddpo-sd15-pcpo", None),
     ("real/dancegrpo-flux", 13.343), ("real/dancegrpo-flux-pcpo", 13.343),
-    ("real/flowgrpo-sd35m", 4.315), ("real/flowgrpo-sd35m-pcpo", 4.315),
+    # Flow-GRPO samples on the stock SD3 scheduler's grid, where zeta is 5.727 (4.315 on the shifted linspace)
+    ("real/flowgrpo-sd35m", 5.727), ("real/flowgrpo-sd35m-pcpo", 5.727),
 ])
 def test_example_configs_load_and_match_published_setups(name, zeta):
     from pcpo.models.loader import _resolve
@@ -323,8 +324,12 @@ def test_example_configs_load_and_match_published_setups(name, zeta):
     assert cfg.train.clip_range == 1e-4 and cfg.train.adv_clip == 5.0
     assert cfg.train.objective == ("pcpo" if name.endswith("-pcpo") else "clipped")
     s = cfg.sampler
-    if zeta is not None:  # method.md §5: total native credit of the baseline schedule
-        sampler = build_sampler(s.name, s.steps, s.eta, shift=s.shift)
+    if zeta is not None:  # docs/method.md §5: total native credit of the baseline schedule
+        from pcpo.samplers.flow import SD3_SCHEDULER_CONFIG
+
+        assert s.grid == ("pipeline" if "flowgrpo" in name else "linspace")
+        grid = {"grid": "pipeline", "scheduler_config": SD3_SCHEDULER_CONFIG} if s.grid == "pipeline" else {}
+        sampler = build_sampler(s.name, s.steps, s.eta, shift=s.shift, **grid)
         w = sampler.native_weights()
         w = torch.where(torch.isfinite(w), w, torch.nan)
         if s.name == "flow-sde":  # the undefined t = 1 weight is set to the next step's

@@ -1,4 +1,4 @@
-"""Sampler physics: reference numbers (method.md §5), exact log-ratios, determinism, diffusers parity."""
+"""Sampler physics: reference numbers (docs/method.md §5), exact log-ratios, determinism, diffusers parity."""
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ def sd15_scheduler(**kw):
     return DDIMScheduler(**cfg)
 
 
-# ---------------------------------------------------------------- reference numbers (method.md §5)
+# ---------------------------------------------------------------- reference numbers (docs/method.md §5)
 
 def test_sd15_ddim_native_weights_reference():
     w = DDIMSampler(50, eta=1.0, schedule="sd15").native_weights()
@@ -49,7 +49,7 @@ def test_flow_grid_shift():
     assert g[5].item() == pytest.approx(3 * t / (1 + 2 * t))
 
 
-# ---------------------------------------------------------------- coefficients against method.md formulas
+# ---------------------------------------------------------------- coefficients against docs/method.md formulas
 
 def test_ddim_coefficients_closed_form():
     s = DDIMSampler(20, eta=0.7, schedule="sd15")

@@ -211,7 +211,7 @@ def test_shipped_recipe_resumes_across_stages(tmp_path, monkeypatch):
 
 
 def test_pretrain_records_the_quality_check(tmp_path, capsys):
-    """After training, `pcpo pretrain-toy` samples the new weights and records issue #3's quality bar."""
+    """After training, `pcpo pretrain-toy` samples the new weights and records the toy models' quality bar."""
     assert pretrain.main(["--model", "flow", "--recipe", "single", "--steps", "1", "--batch-size", "2",
                           "--out", str(tmp_path)]) == 0
     q = json.loads((tmp_path / "config.json").read_text())["training"]["quality"]

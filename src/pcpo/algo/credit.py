@@ -1,7 +1,7 @@
 """Timestep credit schemes: a scheme maps a sampler's schedule to one weight per step.
 
 The weight of step i scales that step's policy gradient (it multiplies Δp in the log-ratio,
-method.md §2–3).
+docs/method.md §2–3).
 
 * ``native``: the sampler's own ``c/s`` (what DDPO, DanceGRPO and Flow-GRPO train with).
 * ``pcpo``: credit proportional to the step's share of the trajectory,

@@ -1,4 +1,4 @@
-"""Per-step log-densities and log-ratios (method.md §2).
+"""Per-step log-densities and log-ratios (docs/method.md §2).
 
 Two ways to get ``log ρ_t = log p_θ(x_next | x_t) − log p_old(x_next | x_t)``:
 

@@ -6,7 +6,7 @@ Every objective sees one flat batch of (sample, timestep) pairs:
   target weights for PCPO — the policy step builds it with :func:`pcpo.algo.logprob.log_ratio_from_terms`);
 * ``advantages`` [P].
 
-An :class:`Objective` owns its per-pair loss ``terms`` and its two masks (docs/method.md §4):
+An :class:`Objective` owns its per-pair loss ``terms`` and its two masks (docs/method.md §3):
 
 * ``flat``: pairs whose term is flat in log ρ (no gradient), comparable across objectives
   (``zero_grad_frac``);

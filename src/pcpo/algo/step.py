@@ -2,7 +2,7 @@
 
 :class:`PolicyStep` is built once per run from the sampler and the run's policy settings; calling it
 with the new predictions, the stored rollout terms, the advantages and the step indices returns the
-loss plus per-pair masks and metrics (docs/method.md §2–5)::
+loss plus per-pair masks and metrics (docs/method.md §2, §3 and §8)::
 
     log ρ_i   = −[ w_i·⟨Δp, z⟩ + ½·w_i²·‖Δp‖² ]        w = the credit scheme's weight of step i
     log ρ_i  ← T(log ρ_i)                              a registered ratio transform (default: none)

@@ -77,7 +77,7 @@ _CONFIG_CANDIDATES = {
     "pcpo": ("{fw}-pcpo",),
 }
 
-# Used only when a framework's shipped config is missing: the published sampler settings (method.md §6)
+# Used only when a framework's shipped config is missing: the published sampler settings (docs/method.md §6)
 # on the embedded models, on top of the shipped default config.
 FALLBACK_FRAMEWORKS = {
     "ddpo": ["model.family=toy-ddpm", "sampler.name=ddim", "sampler.steps=50", "sampler.eta=1.0",

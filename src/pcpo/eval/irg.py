@@ -1,4 +1,4 @@
-"""Implicit Reward Guidance (method.md §4): steer sampling between / beyond a base and fine-tuned models.
+"""Implicit Reward Guidance (docs/method.md §4): steer sampling between / beyond a base and fine-tuned models.
 
 With a reference prediction ``p̂_ref`` and fine-tuned predictions ``p̂_k``, IRG samples with
 

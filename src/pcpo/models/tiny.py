@@ -1,7 +1,7 @@
 """Tiny random-weight diffusers pipelines of every supported family, built offline from configs.
 
 For tests and ``scripts/gpu_smoke.py --tiny``: the real diffusers/transformers classes at toy sizes
-(docs: cpu-notes §4), a byte-level CLIP tokenizer built without downloads (cpu-notes §3: no merges, or
+(every block type, a few channels), a byte-level CLIP tokenizer built without downloads (no merges, or
 a handful, is a valid ``CLIPTokenizer``), saved with ``save_pretrained`` so adapters load them through
 the same ``from_pretrained`` path as real checkpoints. Images are 32×32 (the 2-block VAE downsamples ×2).
 """

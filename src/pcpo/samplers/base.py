@@ -10,7 +10,7 @@ with per-step scalars ``a_i``, ``c_i`` (> 0) and ``s_i`` (>= 0) that depend only
 scheduler step, but without hidden mutable state: the same call always gives the same answer.
 
 The step's *native weight* ``w_i = c_i / s_i`` is what scales that step's policy gradient in the
-baselines (docs/method.md §2); credit schemes (``pcpo.credit``) replace it.
+baselines (docs/method.md §2); credit schemes (``pcpo.algo.credit``) replace it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Both toy models are the same pixel-space MMDiT (diffusers ``SD3Transformer2DModel``, 32x32x3, patch 4,
 6 layers, width 128; 3.48 M parameters) with a tiny jointly trained ``CLIPTextModelWithProjection``
 (hidden 64, 2 layers) on the world's 2000-merge CLIP tokenizer. Why this architecture: on 2 CPU cores it
-trains ~4.5x faster per step than the smallest useful ``UNet2DConditionModel`` (cpu-notes §8), and it
+trains ~4.5x faster per step than the smallest useful ``UNet2DConditionModel`` (measured when the world was built), and it
 keeps the RL code on the same MMDiT class as SD3.x.
 
 The text encoder's outputs feed the transformer as ``encoder_hidden_states`` = last hidden state

@@ -1,7 +1,7 @@
 """Pretraining of the two embedded toy text-to-image models (``pcpo pretrain-toy``).
 
 * ``--model flow`` (toy-flow): rectified flow ``x_t = (1 - t) x0 + t ε``, target ``v = ε - x0``,
-  ``t ~ logit-normal(0, 1)``, network timestep ``1000 t`` (cpu-notes §8 recipe).
+  ``t ~ logit-normal(0, 1)``, network timestep ``1000 t`` (SD3's training recipe at toy scale).
 * ``--model ddpm`` (toy-ddpm): ε-prediction on SD1.5's DDPM "scaled_linear" schedule
   (β 0.00085 -> 0.012, 1000 steps), ``t ~ U{0..999}``, network timestep = ``t``; sampled with DDIM.
 
@@ -490,7 +490,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def check_written_model(model: str, out: Path) -> dict:
-    """Issue #3's quality bar on the weights just written; printed and recorded as ``training.quality``."""
+    """The toy models' quality bar (:mod:`pcpo.world.quality`) on the weights just written; printed and recorded as ``training.quality``."""
     from pcpo.models.toy import load_toy_model
     from pcpo.world.quality import BAR, toy_quality
 

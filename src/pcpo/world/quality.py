@@ -1,6 +1,6 @@
 """The quality bar of a toy model: prompt accuracy of its samples under the world's classifier.
 
-Issue #3's bar, and what ``pcpo pretrain-toy`` reports after training: 64 samples (each of the 32 prompts
+The bar the shipped toy models were trained to, and what ``pcpo pretrain-toy`` reports after training: 64 samples (each of the 32 prompts
 twice), 20 deterministic sampler steps (flow ODE / DDIM eta=0), classifier-free guidance 4, noise seed 0;
 the model passes at prompt accuracy >= 0.85. ``pcpo check-toy`` runs the same check on any model folder,
 over several seeds if asked, and can save the samples as a grid to look at.

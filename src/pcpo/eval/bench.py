@@ -59,10 +59,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from .. import figures
+from ..trainer.config import _f, check_fields, from_dict, load_yaml
 from . import stats
 
 OBJECTIVES = ("clipped", "log_hinge", "pcpo")
@@ -146,28 +148,33 @@ class Arm:
 
 @dataclass
 class BenchSpec:
-    frameworks: list[str] = field(default_factory=lambda: list(FRAMEWORKS))
-    objectives: list[str] = field(default_factory=lambda: list(OBJECTIVES))   # legacy: one arm per objective
-    arms: dict = field(default_factory=dict)               # {name: {objective, set, frameworks, vs, ...}}
-    baseline: str = "clipped"                              # reference arm of the default comparisons
-    primary: list = field(default_factory=list)            # comparisons "arm-vs-ref" of the primary family
-    margin: float = 0.3                                    # relative margin δ of the decision rule
-    confidence: float = 0.95
-    only: list | None = None                               # run / report only these arms
-    seeds: object = 3                                      # int, list, "A-B", or {framework: any of these}
-    epochs: int = 30
-    target: float | dict | None = None     # one number, or {framework: number}
-    target_gain: float | None = None       # instead of target: the run's epoch-0 metric value + this gain
-    metric: str = "eval_reward_mean"       # record key whose curve defines "reached the target"
-    smooth: int = 1                        # trailing mean over this many measurements
-    set: list[str] = field(default_factory=list)            # overrides for every run
-    framework_set: dict = field(default_factory=dict)       # {framework: [overrides]}
-    configs: dict = field(default_factory=dict)             # {framework: {arm or objective: config name or path}}
-    notes: str = ""
-    sensitivity: list = field(default_factory=list)         # extra target gains reported as a secondary table
-    workers: int = 1                                        # runs trained at once, each in its own process
-    imports: list = field(default_factory=list)             # "module" or "module:function", run in every run's
-                                                            # process first (registers custom models/rewards)
+    """A bench file's settings: the same typed, help-carrying fields as a run config
+    (:func:`pcpo.trainer.config.from_dict` checks keys and types, :func:`check_fields` the bounds)."""
+
+    frameworks: list = _f(help="frameworks of the matrix (ddpo, dancegrpo, flowgrpo, or ones named in configs)",
+                          factory=lambda: list(FRAMEWORKS))
+    objectives: list = _f(help="legacy form: one arm per objective (give either arms or objectives)",
+                          factory=lambda: list(OBJECTIVES))
+    arms: dict = _f(help="{name: {objective, set, frameworks, vs, seeds, config, notes}}", factory=dict)
+    baseline: str = _f("clipped", "reference arm of the default comparisons")
+    primary: list = _f(help='comparisons "ARM-vs-REFERENCE" of the primary family', factory=list)
+    margin: float = _f(0.3, "relative margin of the decision rule (a fraction of the reference's mean gain)")
+    confidence: float = _f(0.95, "confidence level of the intervals, in (0, 1)")
+    only: list | None = _f(None, "run / report only these arms")
+    seeds: Any = _f(3, 'an integer count N (seeds 0..N-1), a list, "A-B", or {framework: any of these}')
+    epochs: int = _f(30, "training epochs of every run")
+    target: float | dict | None = _f(None, "reward target: one number, or {framework: number}")
+    target_gain: float | None = _f(None, "instead of target: the run's epoch-0 metric value + this gain")
+    metric: str = _f("eval_reward_mean", "record key whose curve defines reaching the target")
+    smooth: int = _f(1, "trailing mean over this many measurements", ge=1)
+    set: list = _f(help="overrides (KEY=VALUE) applied to every run", factory=list)
+    framework_set: dict = _f(help="{framework: [overrides]}", factory=dict)
+    configs: dict = _f(help="{framework: {arm or objective: config name or path}}", factory=dict)
+    notes: str = _f("", "free text kept with the results")
+    sensitivity: list = _f(help="extra target gains reported as a secondary table", factory=list)
+    workers: int = _f(1, "runs trained at once, each in its own process")
+    imports: list = _f(help='"module" or "module:function" run in every run\'s process first (registers custom '
+                       "models or rewards)", factory=list)
 
     def target_for(self, fw: str) -> float | None:
         if isinstance(self.target, dict):
@@ -273,10 +280,7 @@ def load_bench_spec(path: str | None, **cli) -> BenchSpec:
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"--config: bench file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"--config: {p} is not valid YAML ({str(e).splitlines()[0]})") from None
+        data = load_yaml(p.read_text(), str(p)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"--config: {p} must be a mapping of bench settings")
     known = set(BenchSpec.__dataclass_fields__)
@@ -292,7 +296,8 @@ def load_bench_spec(path: str | None, **cli) -> BenchSpec:
             data["only"] = v
         else:
             data[k] = v
-    spec = BenchSpec(**data)
+    spec = from_dict(BenchSpec, data)
+    check_fields(spec)
     for fw in spec.frameworks:
         if fw not in FRAMEWORKS and fw not in spec.configs:
             raise ValueError(f"--frameworks: unknown framework {fw!r}; use {', '.join(FRAMEWORKS)} "
@@ -302,7 +307,7 @@ def load_bench_spec(path: str | None, **cli) -> BenchSpec:
             if obj not in OBJECTIVES:
                 raise ValueError(f"--objectives: unknown objective {obj!r}; use {', '.join(OBJECTIVES)}")
     arms = spec.arm_specs()
-    full = BenchSpec(**{**data, "only": None}).arm_specs() if spec.only else arms
+    full = from_dict(BenchSpec, {**data, "only": None}).arm_specs() if spec.only else arms
     for name, a in full.items():
         for fw in a.frameworks or []:
             if fw not in FRAMEWORKS and fw not in spec.configs:

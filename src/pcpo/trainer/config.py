@@ -278,6 +278,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, dict):
             return dict(value)
         raise ConfigError(f"{key}: must be a mapping, got {value!r}")
+    if hint is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise ConfigError(f"{key}: must be a list, got {value!r}")
     if hint in (tuple,) or origin is tuple:
         if isinstance(value, (list, tuple)):
             return tuple(value)
@@ -414,7 +418,7 @@ def check_fields(obj, prefix: str = "") -> None:
             names = choices() if callable(choices) else choices
             _check(value in names, f"{key}: must be one of {', '.join(names)}, got {_fmt(value)}")
         for bound, ok, word in (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
-                                ("le", lambda v, b: v <= b, "<=")):
+                                ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")):
             if bound in meta:
                 _check(ok(value, meta[bound]), f"{key}: must be {word} {meta[bound]}, got {_fmt(value)}")
 

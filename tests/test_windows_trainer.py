@@ -42,6 +42,7 @@ def test_full_trajectory_counts(tmp_path):
     assert tr.evaluations["update"] == 2 * B * N            # every step stochastic and trained
     assert [r["trained_pairs"] for r in recs[1:]] == [B * N, B * N]
     assert tr.passes["rollout"] == 2 * N                     # one batched forward per step
+    assert [r["passes"] for r in recs[1:]] == [B * N + B * N] * 2   # the epoch record's model evaluations
 
 
 def test_flow_grpo_fast_window_trains_only_its_steps(tmp_path):
@@ -49,6 +50,7 @@ def test_flow_grpo_fast_window_trains_only_its_steps(tmp_path):
     B = P * G
     assert tr.evaluations["update"] == 2 * B * 2              # fewer passes, by exactly the window's share
     assert tr.evaluations["rollout"] == 2 * B * N             # the ODE prefix/suffix is still sampled
+    assert [r["passes"] for r in recs[1:]] == [B * N + B * 2] * 2
     # the window each epoch drew, re-derived independently: its sampler is stochastic there only
     for epoch in (1, 2):
         w = window_at("flow_grpo_fast", N, epoch - 1, derived_generator(5, "window", epoch), {"size": 2})

@@ -53,6 +53,9 @@ from ..rewards.registry import call_reward
 from ..run import (
     build_run_reward,
     build_run_sampler,
+    check_loggers,
+    check_reward,
+    check_run_dir,
     derived_generator,
     load_adapter,
     load_run_config,
@@ -129,9 +132,10 @@ class Trainer:
         self.train_prompts = list(self.train_prompt_set.prompts)
         self.eval_prompts = list(self.eval_prompt_set.prompts)
 
+        # everything that can fail is checked before the run directory exists (created last, below)
         if not _resuming and self.dist.is_main:
-            self._create_run_dir()
-        self.dist.barrier()
+            check_run_dir(self.run_dir)
+        check_loggers(cfg)
 
         # model, sampler, credit
         self.adapter = adapter if adapter is not None else self._load_model()
@@ -143,6 +147,8 @@ class Trainer:
         self.policy = self.plan.default().policy
 
         self.reward_fn = reward_fn if reward_fn is not None else build_run_reward(cfg)
+        if self.dist.is_main:
+            check_reward(self.reward_fn)  # e.g. a remote reward's server answers its health check
         self.advantage = advantage_from_config(cfg.train)
         self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"
         if self.fsdp:
@@ -184,6 +190,12 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.tb = None
         self.wandb = None
+        #: what this run created (removed by the CLI if the run fails before its first epoch)
+        self.created_run_dir: Path | None = None
+        self.emptied_run_dir = False
+        if not _resuming and self.dist.is_main:
+            self._create_run_dir()
+        self.dist.barrier()
 
     # ---- construction ---------------------------------------------------------------------
     def _validate_layout(self) -> None:
@@ -202,9 +214,14 @@ class Trainer:
             raise ConfigError(f"train.minibatch_size ({mb}) must be divisible by the number of processes ({w})")
 
     def _create_run_dir(self) -> None:
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise ConfigError(f"--out: run directory {self.run_dir} exists and is not empty; resume it with "
-                              f"`pcpo train --resume {self.run_dir}` or choose another --out")
+        check_run_dir(self.run_dir)
+        if self.run_dir.exists():
+            self.emptied_run_dir = True  # existed empty: only its new contents are this run's
+        else:
+            top = self.run_dir
+            while not top.parent.exists():
+                top = top.parent
+            self.created_run_dir = top
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
 
@@ -817,6 +834,7 @@ class Trainer:
         advantage estimator sees it (its state, e.g. DDPO's per-prompt buffers, is unchanged) and counted;
         its ``reward_mean``/``reward_std`` are over the finite rewards, ``rewards_nonfinite`` counts the rest."""
         t0 = time.perf_counter()
+        evals0 = dict(self.evaluations)
         self._abandonable = self._signals_active  # a stop signal may drop the epoch until the rewards are in
         ro, prompts, keys = self.rollout(epoch)
         t1 = time.perf_counter()
@@ -849,6 +867,8 @@ class Trainer:
             "time_reward_s": t2 - t1,
             "time_update_s": t3 - t2,
             "time_s": t3 - t0,
+            # model evaluations of the epoch on all ranks (rows: one sample at one step, CFG counted once)
+            "passes": self.dist.world_size * sum(self.evaluations[k] - evals0[k] for k in ("rollout", "update", "reference")),
         }
         if self.cfg.log.per_sample:
             record["rewards"] = rewards.tolist()

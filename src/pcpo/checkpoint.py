@@ -39,7 +39,8 @@ instead of removed.
 **Metrics log** (``metrics.jsonl``): :func:`append_record` writes one strict-JSON line per record
 (NaN/inf become ``null`` and are named in the record's ``nonfinite`` list), flushed and fsynced;
 :func:`read_records` drops a final line cut by a kill and reports any other bad line with the file and
-line number; :func:`truncate_records` atomically keeps the records of epochs ``<= epochs_done``.
+line number; :func:`truncate_records` atomically keeps the records of epochs ``<= epochs_done`` (a log that needs no
+change is not rewritten).
 
 ``state.json`` itself is Python's JSON (a NaN in, e.g., a pretrain loss history round-trips exactly), unlike
 the metrics log, which other tools read.
@@ -724,5 +725,7 @@ def truncate_records(path: Path, epochs_done: int) -> list[dict]:
     if not path.exists():
         return []
     keep = [strict_record(r) for r in read_records(path) if r.get("epoch", 0) <= epochs_done]
-    _atomic_write_bytes(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in keep).encode())
+    data = "".join(json.dumps(r, allow_nan=False) + "\n" for r in keep).encode()
+    if path.read_bytes() != data:  # a log that needs no change is left as it is
+        _atomic_write_bytes(path, data)
     return keep

@@ -7,7 +7,9 @@
   rewards.
 
 All clip the result to ``±adv_clip`` (A_max = 5). Estimators take ``(rewards [B], keys)`` where ``keys``
-are the group ids or prompt strings, with rewards already gathered across ranks.
+are the group ids or prompt strings, with rewards already gathered across ranks. Non-finite rewards are
+refused (``ValueError``) before any state changes: the trainer skips such a batch without showing it to
+the estimator, so a tracker's buffers hold only finite rewards.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class AdvantageEstimator:
         rewards = torch.as_tensor(rewards, dtype=torch.float64).flatten()
         if len(keys) != rewards.numel():
             raise ValueError(f"advantages: {rewards.numel()} rewards but {len(keys)} keys")
+        if not bool(torch.isfinite(rewards).all()):
+            bad = int((~torch.isfinite(rewards)).sum())
+            raise ValueError(f"advantages: {bad} of {rewards.numel()} rewards are NaN/inf; skip the batch "
+                             "instead (the estimator's state must not see it)")
         return clip_advantages(self._compute(rewards, list(keys)), self.adv_clip).float()
 
     def _compute(self, rewards: torch.Tensor, keys: list) -> torch.Tensor:

@@ -1023,10 +1023,11 @@ def gpu_setups() -> list[GPUSetup]:
         GPUSetup("DanceGRPO FLUX LoRA 720 px", "finetune_flux_grpo_8gpus_lora.sh (rank 128; pcpo's default targets)",
                  "flux", FLUX1_DEV_TRANSFORMER, "lora", 720, 1, True, rank=128, text_encoders_on_gpu=False),
         GPUSetup("pcpo real/dancegrpo-flux", "src/pcpo/configs/real/dancegrpo-flux.yaml (full, FSDP 8, micro_batch 2, "
-                 "ckpt; the trainer's fully_shard wraps the whole denoiser)", "flux", FLUX1_DEV_TRANSFORMER, "full",
-                 720, 2, True, shard=8, fsdp_units="root"),
-        GPUSetup("pcpo real/dancegrpo-flux, per-block FSDP", "the same with fully_shard on every block first", "flux",
-                 FLUX1_DEV_TRANSFORMER, "full", 720, 2, True, shard=8),
+                 "ckpt; the trainer shards every block, then the root)", "flux", FLUX1_DEV_TRANSFORMER, "full",
+                 720, 2, True, shard=8),
+        GPUSetup("pcpo real/dancegrpo-flux, one FSDP unit", "the same if the whole denoiser were one FSDP unit "
+                 "(what per-block sharding saves)", "flux", FLUX1_DEV_TRANSFORMER, "full", 720, 2, True, shard=8,
+                 fsdp_units="root"),
     ]
 
 

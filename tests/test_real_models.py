@@ -353,3 +353,16 @@ def test_gpu_smoke_script_runs_tiny_on_cpu(tmp_path, capsys):
     assert rc == 0 and summary["ok"], summary
     assert summary["parity_rel_err"] <= 1e-4 and summary["log_ratio_before_update_max"] <= 1e-3
     assert summary["weights_moved_max"] > 0 and summary["time_update_s"] > 0
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
+def test_fsdp_units_are_the_blocks(tiny_pipelines, family):
+    """FSDP shards every block before the root, so only one block is gathered at a time."""
+    adapter = load_model(tiny_pipelines.spec(family, lora={"rank": 4}))
+    d = adapter.denoiser
+    expected = {"sd3": lambda: list(d.transformer_blocks),
+                "flux": lambda: list(d.transformer_blocks) + list(d.single_transformer_blocks),
+                }.get(family, lambda: list(d.down_blocks) + list(d.up_blocks)      # UNets: plus the mid block's
+                      + [b for a in d.mid_block.attentions for b in a.transformer_blocks])()  # transformer blocks
+    units = adapter.fsdp_units()
+    assert len(units) == len(expected) > 0 and all(u is e for u, e in zip(units, expected))

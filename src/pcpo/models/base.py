@@ -126,6 +126,22 @@ class ModelAdapter(ABC):
         finally:
             self.denoiser.enable_adapters()
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The denoiser's sub-modules FSDP shards as separate units before the root (so that only one
+        block's parameters are gathered at a time): every element of the outermost ``nn.ModuleList``
+        attributes whose names end in ``blocks`` (``transformer_blocks``, FLUX's
+        ``single_transformer_blocks``, the UNets' ``down_blocks`` / ``up_blocks``). Empty for models
+        without such lists (the root is then the only unit)."""
+        units, lists = [], []
+        for name, m in self.denoiser.named_modules():
+            if not isinstance(m, nn.ModuleList) or not name.split(".")[-1].endswith("blocks"):
+                continue
+            if any(name.startswith(outer + ".") for outer in lists):
+                continue
+            lists.append(name)
+            units.extend(m)
+        return units
+
     def has_reference(self) -> bool:
         """Whether :meth:`reference` works (else a separate reference model is needed)."""
         try:

@@ -157,6 +157,8 @@ class Trainer:
                                   "model (set model.lora) or train.kl_beta=0")
             from torch.distributed.fsdp import fully_shard
 
+            for unit in self.adapter.fsdp_units():   # one block's parameters gathered at a time
+                fully_shard(unit)
             fully_shard(self.adapter.denoiser)
         params = list(self.adapter.trainable_parameters())
         if not params:

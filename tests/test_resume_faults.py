@@ -355,3 +355,38 @@ def test_tensorboard_tags_are_grouped_with_the_heldout_grid_as_an_image(tmp_path
 
     with Image.open(run / "images" / "epoch-00002.png") as im:
         assert (images[-1].width, images[-1].height) == im.size
+
+
+# ------------------------------------------------------------------ torchrun, 2 processes
+
+def _torchrun(*args, **kw):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pcpo.cli"]
+    return subprocess.Popen(cmd + list(args), env={**os.environ, "HF_HUB_OFFLINE": "1"}, text=True, **kw)
+
+
+def test_torchrun_ranks_agree_on_a_sigterm_and_on_the_checkpoint_to_resume(tmp_path):
+    every = ["epochs=6", "checkpoint.every=5", "data.eval_prompts=[a red square]", "eval.every=0"]
+    full = tmp_path / "full"
+    assert _torchrun("train", "--out", str(full), *_set_args(*every)).wait(timeout=300) == 0
+
+    run, log = tmp_path / "run", tmp_path / "run.log"
+    with open(log, "w") as f:
+        proc = _torchrun("train", "--out", str(run), *_set_args(*every), stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.time() + 200
+        while "epoch    2" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # torchrun passes it to both ranks
+        proc.wait(timeout=120)
+    text = log.read_text()
+    stops = [ln for ln in text.splitlines() if ln.startswith("pcpo train: stopped by SIGTERM after epoch")]
+    assert len(stops) == 1, text[-3000:]  # rank 0 speaks for both
+    epoch = int(stops[0].split("after epoch ")[1].split()[0])
+    assert 2 <= epoch < 6
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [f"epoch-{epoch:06d}"]
+    assert [r["epoch"] for r in read_records(run / "metrics.jsonl")] == list(range(epoch + 1))
+
+    res = _torchrun("train", "--resume", str(run), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = res.communicate(timeout=300)
+    assert res.returncode == 0, err[-3000:]
+    assert out.count(f"after epoch {epoch}") == 1
+    _assert_same_run(full, run)

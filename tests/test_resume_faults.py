@@ -189,6 +189,19 @@ def test_resuming_a_finished_run_does_nothing(full, tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == stamp
 
 
+def test_eval_uses_the_newest_intact_checkpoint_of_an_unfinished_run(full, tmp_path, capsys):
+    from pcpo.eval.runs import resolve_run
+
+    run = _killed_copy(full, tmp_path / "run")
+    _flip_middle_byte(run / "checkpoints" / "epoch-000003" / "model.safetensors")
+    ref = resolve_run(run)
+    assert (ref.label, ref.epoch) == ("epoch-000002", 2)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "epoch-000003/model.safetensors: checksum mismatch" in err[0]
+    with pytest.raises(CheckpointError, match="epoch-000003/model.safetensors: checksum mismatch"):
+        resolve_run(run / "checkpoints" / "epoch-000003")
+
+
 # ------------------------------------------------------------------ signals
 
 SCRIPT = r"""
@@ -262,6 +275,27 @@ def test_sigterm_during_update_finishes_the_epoch_saves_and_exits_143(full, tmp_
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
     monkeypatch.undo()
     assert main(["train", "--resume", str(run)]) == 0
+    _assert_same_run(full, run)
+
+
+def test_second_sigint_stops_at_once_without_saving_the_epoch_under_way(full, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    update = Trainer.update
+
+    def update_twice_interrupted(self, ro, adv, epoch):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the first asks to finish the epoch ...
+            os.kill(os.getpid(), signal.SIGINT)  # ... the second stops now
+        return update(self, ro, adv, epoch)
+
+    monkeypatch.setattr(Trainer, "update", update_twice_interrupted)
+    with pytest.raises(TrainingInterrupted, match="second SIGINT during epoch 2, which is not saved.*after epoch 1") as e:
+        Trainer(_cfg(), run).train()
+    assert e.value.exit_code == 130 and e.value.epoch == 1
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch-000001"]
+    assert [r["epoch"] for r in read_records(run / "metrics.jsonl")] == [0, 1]
+    monkeypatch.undo()
+    Trainer.resume(run).train()
     _assert_same_run(full, run)
 
 

@@ -104,8 +104,9 @@ class RewardConfig:
 
 @dataclass
 class DataConfig:
-    prompts: Any = _f("world:train", "training prompts: world:train, world:all, world:heldout, a file with one "
-                      "prompt per line, or a list")
+    prompts: Any = _f("world:train", "training prompts: a list, world:train|all|heldout, ddpo:NAME (DDPO's prompt "
+                      "functions), a .txt/.jsonl/.json/.csv/.tsv file (PATH#FIELD picks the field or column), "
+                      "hf:NAME#COLUMN@SPLIT (a local or cached datasets dataset), or {path, field, split, format, limit}")
     eval_prompts: Any = _f("world:heldout", "held-out evaluation prompts (same forms as prompts)")
     prompts_per_epoch: int = _f(4, "distinct prompts sampled per epoch", gt=0)
     group_size: int = _f(8, "images per prompt (the group of GRPO / the tracker's batch; > 1: advantages need a group)",

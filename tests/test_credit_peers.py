@@ -73,3 +73,20 @@ def test_bad_peer_arguments_one_line(args, name, capsys):
     assert main(["credit", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert name in err and len(err.splitlines()) == 1
+
+
+def test_ratio_transforms_as_effective_weights(capsys):
+    """RatioNorm turns the native weight c/s into s * c/s = c; Flow-GRPO's CPS scaling into 2 s^2 * c/s."""
+    out = _json(capsys, "--sampler", "flow-sde", "--steps", "10", "--eta", "0.7", "--shift", "3",
+                "--ratio-transform", "ratio_norm")
+    s = FlowSampler(10, eta=0.7, shift=3.0)
+    _, c, std = s.coefficients()
+    assert [r["native_transformed"] for r in out["steps"]] == pytest.approx(c.tolist())
+    assert [r["pcpo_transformed"] for r in out["steps"]] == pytest.approx(
+        (std * pcpo_credit(s)).tolist())
+    out = _json(capsys, "--sampler", "cps", "--steps", "10", "--eta", "0.8", "--shift", "3",
+                "--ratio-transform", "flow_grpo_cps")
+    cps = CPSSampler(10, eta=0.8, shift=3.0)
+    _, c, std = cps.coefficients()
+    m = std > 0
+    assert [r["native_transformed"] for r in out["steps"]] == pytest.approx((2 * std[m] * c[m]).tolist())

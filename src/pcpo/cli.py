@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from .errors import ConfigError, PcpoError
@@ -25,7 +26,7 @@ _SUBCOMMANDS = [
 
 
 def add_credit_parser(sub: argparse._SubParsersAction) -> None:
-    from .algo.step import LOSS_WEIGHTS
+    from .algo.step import LOSS_WEIGHTS, RATIO_TRANSFORMS
     from .algo.windows import WINDOWS
     from .samplers import SAMPLERS
 
@@ -49,6 +50,10 @@ def add_credit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss-weight", choices=list(LOSS_WEIGHTS), default=None,
                    help="also show a registered per-step loss weight (GRPO-Guard inv_dt, TempFlow-GRPO tempflow)")
     p.add_argument("--loss-weight-options", default=None, metavar="YAML", help="its options, e.g. '{coef: 1.73}'")
+    p.add_argument("--ratio-transform", choices=list(RATIO_TRANSFORMS), default=None,
+                   help="also show the effective linear weight of a registered log-ratio transform applied to each "
+                        "scheme (GRPO-Guard ratio_norm: s*w; flow_grpo_cps: 2 s^2 w)")
+    p.add_argument("--ratio-transform-options", default=None, metavar="YAML", help="its options, e.g. '{bias: pair}'")
     p.add_argument("--window", choices=list(WINDOWS), default=None,
                    help="an SDE window (flow samplers): noise and credit on its steps only")
     p.add_argument("--window-options", default=None, metavar="YAML", help="its options, e.g. '{size: 3}'")
@@ -71,6 +76,27 @@ def _yaml_mapping(text: str | None, flag: str) -> dict:
     if not isinstance(value, dict):
         raise ConfigError(f"{flag}: must be a mapping like '{{size: 3}}', got {text!r}")
     return value
+
+
+def _add_transformed_weights(table: dict, sampler, name: str, options: dict) -> None:
+    """The linear weight a log-ratio transform gives each step: T applied to the log-ratio of a unit linear
+    term (``lin = 1``, ``sq = 0``, so ``log rho = -w``), negated; added as ``native_transformed`` and
+    ``pcpo_transformed``."""
+    import torch
+
+    from .algo.step import RATIO_TRANSFORMS, RatioInputs, StepTable
+
+    fn, st = RATIO_TRANSFORMS.get(name), StepTable.from_sampler(sampler)
+    for row in table["steps"]:
+        i = row.get("step")
+        if i is None:
+            i = next(k for k, t in enumerate(sampler.timesteps.tolist()) if float(t) == row["t"])
+            row["step"] = i
+        for key in ("native", "pcpo"):
+            w = torch.tensor([row[key]], dtype=torch.float64)
+            inp = RatioInputs(torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), w,
+                              torch.tensor([i]), st)
+            row[f"{key}_transformed"] = float(-fn(-w, inp, **options)[0])
 
 
 def run_credit(args: argparse.Namespace) -> int:
@@ -100,6 +126,9 @@ def run_credit(args: argparse.Namespace) -> int:
                                                  **_yaml_mapping(args.loss_weight_options, "--loss-weight-options"))
         lam = torch.ones(sampler.num_steps, dtype=torch.float64) if lam is None else torch.as_tensor(lam)
     table = credit_table(sampler, w_star=args.w_star, loss_weights=lam, trained=trained)
+    if args.ratio_transform is not None:
+        _add_transformed_weights(table, sampler, args.ratio_transform,
+                                 _yaml_mapping(args.ratio_transform_options, "--ratio-transform-options"))
     if args.json:
         print(json.dumps(table, indent=2))
     else:
@@ -112,6 +141,7 @@ def run_credit(args: argparse.Namespace) -> int:
                   + f"; zeta={table['zeta']:.4f}; native max/min={max(native) / min(native):.2f}")
         cols = ["step", "t", "dt", "native w", "pcpo w", "pcpo/native"]
         cols += ["loss weight"] if args.loss_weight else []
+        cols += [f"{args.ratio_transform}(native)", f"{args.ratio_transform}(pcpo)"] if args.ratio_transform else []
         cols += ["trained"] if trained is not None else []
         for col in cols:
             t.add_column(col, justify="right")
@@ -119,6 +149,7 @@ def run_credit(args: argparse.Namespace) -> int:
             row = [str(s.get("step", i)), f"{s['t']:.4g}", f"{s['dt']:.4g}", f"{s['native']:.4f}", f"{s['pcpo']:.4f}",
                    f"{s['pcpo'] / s['native']:.3f}"]
             row += [f"{s['loss_weight']:.4g}"] if args.loss_weight else []
+            row += [f"{s['native_transformed']:.4g}", f"{s['pcpo_transformed']:.4g}"] if args.ratio_transform else []
             row += ["yes" if s["trained"] else "no"] if trained is not None else []
             t.add_row(*row)
         Console(width=110).print(t)
@@ -130,11 +161,20 @@ def run_credit(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (the usage itself is in ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pcpo", description="RL alignment of text-to-image models: PCPO, DDPO, DanceGRPO, Flow-GRPO.")
+    parser = _Parser(prog="pcpo", description="RL alignment of text-to-image models: PCPO, DDPO, DanceGRPO, Flow-GRPO.")
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"pcpo {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line (also PCPO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     for module, fn in _SUBCOMMANDS:
         mod = sys.modules[__name__] if module == __name__ else importlib.import_module(module)
@@ -142,18 +182,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debug(args: argparse.Namespace | None = None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("PCPO_DEBUG", "").strip() not in ("", "0")
+
+
+def _is_main_rank() -> bool:
+    """Under torchrun every process runs main(); only rank 0 reports an error (all exit with its code)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def _quiet_libraries() -> None:
+    """Keep stderr to pcpo's own lines: the model libraries' import-time notices (e.g. a missing optional
+    backend) are not errors of the run. A user's own TRANSFORMERS_VERBOSITY / DIFFUSERS_VERBOSITY wins."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout went away (``pcpo credit --json | head -1``): drop the rest quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not _debug():
+        _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    command = f"pcpo {args.command}"
+
+    def report(text: str) -> None:
+        if _is_main_rank():
+            print(f"{command}: {text}", file=sys.stderr, flush=True)
+
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, PcpoError) as e:  # configuration, argument and service errors: one line
-        code = getattr(e, "exit_code", 2)  # a training run stopped by a signal: 130 / 143
-        print(f"pcpo {args.command}: {'error: ' if code == 2 else ''}{e}", file=sys.stderr)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
+    except BrokenPipeError:
+        _stdout_gone()
+        return 0
     except KeyboardInterrupt:
-        print(f"pcpo {args.command}: interrupted", file=sys.stderr)
+        if _debug(args):
+            raise
+        report("interrupted")
         return 130
+    except (PcpoError, ValueError) as e:  # configuration, argument and service errors: one line
+        if _debug(args):
+            raise
+        code = getattr(e, "exit_code", None)  # a training run stopped by a signal: 130 / 143
+        if code is None:
+            code = 2 if isinstance(e, ValueError) else 1
+        report(f"{'error: ' if code in (1, 2) else ''}{_one_line(e)}")
+        return code
+    except OSError as e:  # a file the user named cannot be read or written
+        if _debug(args):
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        report(f"error: {where}{e.strerror or _one_line(e)}")
+        return 1
 
 
 if __name__ == "__main__":

@@ -180,6 +180,6 @@ def test_check_toy_cli_reports_bar_and_writes_grid(tmp_path, capsys):
     assert all(0.0 <= a <= 1.0 and a * 8 == pytest.approx(round(a * 8), abs=1e-3) for a in accs)
     assert (tmp_path / "g.png").stat().st_size > 0
     assert "seed 1: prompt" in capsys.readouterr().out
-    assert main(args[:-2] + ["--seeds", "0", "--min-accuracy", "1.01"]) == 1  # no model reaches the bar
-    assert main(args[:-2] + ["--seeds", "0", "--n", "0"]) == 2  # one-line error
+    assert main(args[:-2] + ["--seeds", "1", "--min-accuracy", "1.01"]) == 1  # no model reaches the bar
+    assert main(args[:-2] + ["--seeds", "1", "--n", "0"]) == 2  # one-line error
     assert "--n: got 0" in capsys.readouterr().err

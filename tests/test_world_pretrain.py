@@ -81,7 +81,7 @@ def test_shipped_recipe_chains_two_stages(tmp_path, monkeypatch):
     assert pretrain.main(["--model", "flow", "--out", str(tmp_path), "--no-check"]) == 0
     rec = json.loads((tmp_path / "config.json").read_text())["training"]
     assert rec["init_from"]["steps"] == 2 and rec["lr_decay"] == "linear"
-    assert rec["rebuild"] == "pcpo pretrain-toy --model flow --device cpu"
+    assert rec["rebuild"] == "pcpo pretrain-toy --model flow --device cpu --out DIR"
     assert not (tmp_path / "stage1").exists()
     with pytest.raises(ValueError, match="recipe single"):
         pretrain.main(["--model", "flow", "--steps", "5", "--out", str(tmp_path)])

@@ -101,6 +101,25 @@ _GOLD_SHOWN = ("eval_reward_mean", "gold_fd_real", "gold_fd_base", "gold_diversi
 
 # ---------------------------------------------------------------------------- the bench file
 
+SEEDS_HELP = "a count N (seeds 0..N-1), or a list and/or ranges of seeds: 0,3,7 or 10-14 or 0-2,9"
+
+
+def seeds_arg(text: str) -> int | list[int]:
+    """``--seeds`` of ``pcpo bench`` and ``pcpo check-toy``: a bare integer is a count (as ``seeds: N`` in a
+    bench file), anything else a list or ranges of seeds (:func:`parse_seeds`)."""
+    import argparse
+
+    text = text.strip()
+    try:
+        if text.isdigit():
+            n = int(text)
+            parse_seeds(n, "--seeds")
+            return n
+        return parse_seeds(text, "--seeds")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--seeds: ")) from None
+
+
 def parse_seeds(value, where: str = "seeds") -> list[int]:
     """Seeds from an int ``N`` (0..N-1), a list (of ints or ``"A-B"``), ``"A-B"`` or ``"A-B,C"``."""
     def bad() -> ValueError:
@@ -1294,7 +1313,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="benchmarks/bench", help="output directory: summaries/, results, plots")
     p.add_argument("--work", default=None, metavar="DIR", help="where the run directories go (WORK/runs/...; "
                    "default --out); not needed for the report")
-    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (the bench file may list seeds)")
+    p.add_argument("--seeds", type=seeds_arg, default=None, help=f"seeds: {SEEDS_HELP} (default: the bench file's)")
     p.add_argument("--frameworks", default=None, help="comma list of ddpo,dancegrpo,flowgrpo")
     p.add_argument("--objectives", default=None, help="comma list of clipped,log_hinge,pcpo (with arms: arm names)")
     p.add_argument("--arms", default=None, help="comma list of the bench file's arms to run / report")

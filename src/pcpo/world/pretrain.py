@@ -90,7 +90,17 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="stop after this wall time even if steps remain (resumable with --checkpoint/--resume)",
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: the shipped assets folder)"
+        "--out", type=Path, default=None,
+        help="output folder for model.safetensors + config.json (required unless --into-package)",
+    )
+    p.add_argument(
+        "--into-package",
+        action="store_true",
+        help="write into the installed package's shipped weights (pcpo/assets/models/toy-MODEL), "
+        "which every toy run then uses; needs --force as they exist",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace a folder that already holds a toy model"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
@@ -412,6 +422,29 @@ def pretrain(
     return record
 
 
+def pretrain_out(args: argparse.Namespace) -> Path:
+    """The output folder, refused before any training when it is not explicit (``--out`` or
+    ``--into-package``) or when it already holds a model, unless ``--force`` (replace it) or ``--resume``
+    (the run that wrote it goes on from its checkpoint)."""
+    shipped = ASSETS_MODELS / f"toy-{args.model}"
+    if getattr(args, "into_package", False):
+        if args.out is not None and Path(args.out).resolve() != shipped.resolve():
+            raise ValueError("--out/--into-package: give one of them (--into-package writes " f"{shipped})")
+        out = shipped
+    elif args.out is None:
+        raise ValueError("--out: give the folder to write the model to (--out DIR), or --into-package --force to "
+                         "replace the shipped weights")
+    else:
+        out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} is a file; give a folder")
+    held = [n for n in ("model.safetensors", "config.json") if (out / n).exists()]
+    if held and not getattr(args, "force", False) and not args.resume:
+        raise ValueError(f"--out: {out} already holds a toy model ({', '.join(held)}); add --force to "
+                         "replace it, --resume to continue the run that wrote it, or choose another --out")
+    return out
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
     """Entry point for the CLI subcommand ``pcpo pretrain-toy``."""
     common = dict(
@@ -423,7 +456,6 @@ def run_pretrain(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         loss_weight=args.loss_weight,
     )
-    out = Path(args.out if args.out is not None else ASSETS_MODELS / f"toy-{args.model}")
     if args.recipe == "shipped":
         if args.steps is not None or args.init is not None:
             raise ValueError(
@@ -434,6 +466,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
                 "--checkpoint: --resume and --minutes of --recipe shipped need a checkpoint folder; "
                 "add --checkpoint DIR (the same one when resuming)"
             )
+    out = pretrain_out(args)
+    if args.recipe == "shipped":
         stages = SHIPPED_RECIPE[args.model]
         deadline = None if args.minutes is None else time.time() + 60.0 * args.minutes
         prev = None
@@ -451,7 +485,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
                 checkpoint_every=args.checkpoint_every,
                 resume=resume,
                 deadline=deadline,
-                rebuild=f"pcpo pretrain-toy --model {args.model} --device {args.device}" if last else None,
+                rebuild=f"pcpo pretrain-toy --model {args.model} --device {args.device} --out DIR" if last else None,
             )
             prev = stage_out
             tr = rec["training"]

@@ -62,14 +62,11 @@ def toy_quality(adapter, seeds: Sequence[int] = (0,), n: int = BAR["n"], steps: 
 
 
 def _seeds(text: str) -> list[int]:
-    try:
-        out: list[int] = []
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-        return out
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a seed list; write e.g. 0 or 0-4 or 0,3,7") from None
+    """``--seeds``: a count N (seeds 0..N-1) or a list / ranges, as ``pcpo bench --seeds``."""
+    from pcpo.eval.bench import seeds_arg
+
+    value = seeds_arg(text)
+    return list(range(value)) if isinstance(value, int) else value
 
 
 def add_check_parser(sub: argparse._SubParsersAction) -> None:
@@ -81,7 +78,9 @@ def add_check_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", choices=("flow", "ddpm"), required=True)
     p.add_argument("--path", type=Path, default=None, help="model folder (default: the shipped weights)")
-    p.add_argument("--seeds", type=_seeds, default=[0], help="noise seeds: 0, 0-4 or 0,3,7 (default 0)")
+    p.add_argument("--seeds", type=_seeds, default=[0],
+                   help="noise seeds: a count N (seeds 0..N-1), or a list and/or ranges: 0,3,7 or 0-4 or 0-2,9 "
+                   "(default 1: seed 0)")
     p.add_argument("--n", type=int, default=BAR["n"], help="samples per seed")
     p.add_argument("--steps", type=int, default=BAR["steps"])
     p.add_argument("--cfg", type=float, default=BAR["guidance_scale"], help="classifier-free guidance scale")

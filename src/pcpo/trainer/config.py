@@ -56,8 +56,9 @@ class ModelConfig:
                            "null = full fine-tuning")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     detach_uncond: bool = _f(False, "detach the unconditional CFG branch in training (Flow-GRPO does)")
-    options: dict = _f(help="family-specific options passed to the model loader (resolution, variant, ...)",
-                       factory=dict)
+    options: dict = _f(help="family-specific loader options; sd, sdxl, sd3, flux: resolution, variant, revision, "
+                       "autocast, negative_prompt, upcast_trainable, decode_batch_size, pipeline_kwargs, train "
+                       "(lora|full), and for sd3/flux max_sequence_length; toy-flow, toy-ddpm: train", factory=dict)
 
     def spec(self) -> dict:
         """The loader's spec: family plus every field set away from its default, plus ``options``."""

@@ -266,3 +266,39 @@ def test_train_help_names_only_shipped_configs():
     assert len(names) == len(list(CONFIG_DIR.rglob("*.yaml")))
     for n in names:
         resolve_config_path(n)
+
+
+# ---------------------------------------------------------------------------- labelled outputs
+
+def test_metric_tables_say_which_way_is_better(tmp_path, capsys):
+    from pcpo.eval.evaluate import print_table
+    from pcpo.eval.report import _eval_table
+    from pcpo.figures import metric_label
+
+    assert metric_label("eval_reward_mean") == "eval_reward_mean ↑"
+    assert metric_label("gold_frechet_real") == "gold_frechet_real ↓"
+    assert metric_label("gold_accuracy") == "gold_accuracy ↑" and metric_label("reward_std") == "reward_std"
+    ev = {"run": "r", "weights": "final", "prompts": ["a"], "images_per_prompt": 1, "seed": 0,
+          "base": {"reward_mean": 0.1, "gold_frechet_real": 3.0}, "trained": {"reward_mean": 0.2, "gold_frechet_real": 2.0}}
+    print_table(ev)
+    out = capsys.readouterr().out
+    assert "reward_mean ↑" in out and "gold_frechet_real ↓" in out and "higher is better" in out
+    html = _eval_table(ev)
+    assert "reward_mean ↑" in html and "gold_frechet_real ↓" in html and "lower is better" in html
+
+
+def test_grid_column_labels_head_each_block():
+    import numpy as np
+
+    from pcpo.figures import make_grid
+
+    imgs = torch.zeros(2 * 4, 3, 8, 8)  # 2 prompts x (2 scales x 2 images)
+    plain = make_grid(imgs, nrow=4, labels=["a red circle", "a blue square"])
+    headed = make_grid(imgs, nrow=4, labels=["a red circle", "a blue square"], col_labels=["γ=0.5", "γ=1.5"])
+    assert headed.width == plain.width and headed.height > plain.height
+    head = np.asarray(headed)[: headed.height - plain.height]
+    lw = plain.width - 4 * (16 + 2) - 2
+    left, right = head[:, lw: lw + 2 * 18], head[:, lw + 2 * 18:]
+    assert (left > 200).any() and (right > 200).any()  # a label over each block of two columns
+    with pytest.raises(ValueError, match="col_labels"):
+        make_grid(imgs, nrow=4, col_labels=["a", "b", "c"])

@@ -27,6 +27,26 @@ OBJECTIVE_STYLE = {
 }
 
 
+#: which way is better, by a metric's name: (substring, arrow), first match wins
+_DIRECTIONS = (("frechet", "↓"), ("fid", "↓"), ("distance", "↓"), ("loss", "↓"), ("clipfrac", "↓"),
+               ("clip_frac", "↓"), ("clip fraction", "↓"), ("kl", "↓"), ("nonfinite", "↓"), ("time", "↓"), ("_std", ""),
+               ("reward", "↑"), ("accuracy", "↑"), ("diversity", "↑"), ("score", "↑"), ("aesthetic", "↑"))
+#: the legend that goes with :func:`metric_label`
+DIRECTION_LEGEND = "↑ higher is better, ↓ lower is better"
+
+
+def metric_direction(key: str) -> str:
+    """``"↑"`` (higher is better), ``"↓"`` (lower is better) or ``""`` (neither) for a metric name."""
+    k = key.lower()
+    return next((arrow for sub, arrow in _DIRECTIONS if sub in k), "")
+
+
+def metric_label(key: str) -> str:
+    """``key`` with its direction arrow, e.g. ``gold_accuracy ↑``."""
+    arrow = metric_direction(key)
+    return f"{key} {arrow}" if arrow else key
+
+
 def to_png(fig, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -240,32 +260,51 @@ def to_pil(img: torch.Tensor) -> Image.Image:
 
 
 def make_grid(images: torch.Tensor, nrow: int, labels: Sequence[str] | None = None, scale: int = 2,
-              pad: int = 2) -> Image.Image:
-    """Grid with ``nrow`` images per row (row r labelled ``labels[r]``, in full), each upscaled ``scale``×
-    (nearest); the label column is as wide as the longest label."""
+              pad: int = 2, col_labels: Sequence[str] | None = None) -> Image.Image:
+    """Grid with ``nrow`` images per row (row r labelled ``labels[r]``, in full, vertically centred on its
+    row), each upscaled ``scale``× (nearest); the label column is as wide as the longest label.
+    ``col_labels`` heads the columns: one per column, or one per block of equal columns (e.g. one IRG
+    scale γ over each block of images), centred over its block."""
     n = images.shape[0]
     rows = (n + nrow - 1) // nrow
     h, w = images.shape[2] * scale, images.shape[3] * scale
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lw = (max(int(probe.textlength(str(t), font=font)) for t in labels) + 12) if labels else 0
-    grid = Image.new("RGB", (lw + nrow * (w + pad) + pad, rows * (h + pad) + pad), (24, 24, 24))
+    th = 0
+    if labels or col_labels:
+        box = probe.textbbox((0, 0), "Ayg|γ", font=font)
+        th = box[3] - box[1]
+    head = th + 8 if col_labels else 0
+    grid = Image.new("RGB", (lw + nrow * (w + pad) + pad, head + rows * (h + pad) + pad), (24, 24, 24))
     draw = ImageDraw.Draw(grid)
     for k in range(n):
         r, c = divmod(k, nrow)
         tile = to_pil(images[k]).resize((w, h), Image.NEAREST)
-        grid.paste(tile, (lw + pad + c * (w + pad), pad + r * (h + pad)))
+        grid.paste(tile, (lw + pad + c * (w + pad), head + pad + r * (h + pad)))
     if labels:
         for r in range(min(rows, len(labels))):
-            draw.text((6, pad + r * (h + pad) + h // 2 - 5), str(labels[r]), fill=(220, 220, 220), font=font)
+            draw.text((6, head + pad + r * (h + pad) + (h - th) // 2), str(labels[r]), fill=(220, 220, 220),
+                      font=font)
+    if col_labels:
+        if nrow % len(col_labels):
+            raise ValueError(f"col_labels: {len(col_labels)} labels do not divide the {nrow} columns")
+        span = nrow // len(col_labels)
+        for j, text in enumerate(col_labels):
+            x0 = lw + pad + j * span * (w + pad)
+            width = span * (w + pad) - pad
+            tw = int(probe.textlength(str(text), font=font))
+            draw.text((x0 + max(0, (width - tw) // 2), 4), str(text), fill=(240, 240, 240), font=font)
+            if j:
+                draw.line([(x0 - pad, 0), (x0 - pad, grid.height)], fill=(200, 200, 200), width=1)
     return grid
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int, labels: Sequence[str] | None = None,
-              scale: int = 2) -> Path:
+              scale: int = 2, col_labels: Sequence[str] | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, nrow, labels, scale=scale).save(path)
+    make_grid(images, nrow, labels, scale=scale, col_labels=col_labels).save(path)
     return path
 
 

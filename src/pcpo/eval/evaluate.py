@@ -103,6 +103,8 @@ def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ..figures import DIRECTION_LEGEND, metric_label
+
     models = [m for m in ("base", "trained") if m in result]
     keys = sorted({k for m in models for k, v in result[m].items() if isinstance(v, (int, float))},
                   key=lambda k: (not k.startswith("reward"), k))
@@ -115,10 +117,11 @@ def print_table(result: dict) -> None:
         t.add_column("Δ", justify="right")
     for k in keys:
         vals = [result[m].get(k) for m in models]
-        row = [k] + [("–" if v is None else f"{v:.4f}") for v in vals]
+        row = [metric_label(k)] + [("–" if v is None else f"{v:.4f}") for v in vals]
         if len(models) == 2:
             a, b = vals
             row.append(f"{b - a:+.4f}" if isinstance(a, float) and isinstance(b, float) and math.isfinite(a)
                        and math.isfinite(b) else "–")
         t.add_row(*row)
+    t.caption = DIRECTION_LEGEND
     Console(width=110).print(t)

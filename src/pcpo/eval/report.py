@@ -101,8 +101,9 @@ def build_report(run_dir: str | Path, max_grids: int = 8) -> str:
         rows.append((k.removeprefix("gold_"), have[0][k], have[-1][k]))
     if rows:
         parts.append("<h2>Summary</h2><table><tr><th class=l>metric</th><th>start</th><th>end</th></tr>")
-        parts += [f"<tr><td class=l>{html.escape(n)}</td><td>{_fmt(a)}</td><td>{_fmt(b)}</td></tr>" for n, a, b in rows]
-        parts.append("</table>")
+        parts += [f"<tr><td class=l>{html.escape(figures.metric_label(n))}</td><td>{_fmt(a)}</td><td>{_fmt(b)}</td></tr>"
+                  for n, a, b in rows]
+        parts.append(f"</table><p>{figures.DIRECTION_LEGEND}</p>")
     ev_path = run_dir / "eval.json"
     if ev_path.is_file():
         try:
@@ -163,8 +164,9 @@ def _eval_table(ev: dict) -> str:
     keys = sorted({k for m in models for k, v in ev[m].items() if isinstance(v, (int, float))})
     out = ["<table><tr><th class=l>metric</th>" + "".join(f"<th>{m}</th>" for m in models) + "</tr>"]
     for k in keys:
-        out.append(f"<tr><td class=l>{html.escape(k)}</td>" + "".join(f"<td>{_fmt(ev[m].get(k))}</td>" for m in models) + "</tr>")
-    out.append("</table>")
+        out.append(f"<tr><td class=l>{html.escape(figures.metric_label(k))}</td>"
+                   + "".join(f"<td>{_fmt(ev[m].get(k))}</td>" for m in models) + "</tr>")
+    out.append(f"</table><p>{figures.DIRECTION_LEGEND}</p>")
     return "".join(out)
 
 

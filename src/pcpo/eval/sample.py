@@ -99,7 +99,8 @@ def run_sample(args) -> int:
     out = Path(args.out)
     if len(blocks) > 1:  # one row per prompt, the blocks (e.g. IRG scales) side by side, left to right
         per_prompt = [torch.cat([img[i * n:(i + 1) * n] for img in images]) for i in range(len(prompts))]
-        save_grid(torch.cat(per_prompt), out, nrow=n * len(blocks), labels=list(prompts))
+        save_grid(torch.cat(per_prompt), out, nrow=n * len(blocks), labels=list(prompts),
+                  col_labels=[name for name, _ in blocks])
         print(f"columns, left to right: {', '.join(name for name, _ in blocks)} ({n} images each)", flush=True)
     else:
         save_grid(torch.cat(images), out, nrow=n, labels=labels)

@@ -244,8 +244,13 @@ def test_ema_final_weights_and_exact_resume(tmp_path):
     ("sampler.grid=cosine", "sampler.grid"),
     ("sampler.model_time=round", "sampler.model_time"),
     ("train.ema_decay=1.5", "train.ema_decay"),
+    ("train.loss_weight_options={coef: 2}", "train.loss_weight_options"),     # none takes no options
+    ("train.ratio_transform=ratio_norm", None),
 ])
 def test_bad_peer_settings_name_the_field(override, key):
+    if key is None:   # a valid setting, for contrast
+        load_config(None, BASE + [override, "train.ratio_transform_options={bias: step_mean}"])
+        return
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, BASE + [override])
 

@@ -1192,8 +1192,9 @@ def results_markdown(results: dict, spec: BenchSpec) -> str:
                   "Primary metric: mean held-out gain over the run, paired by seed (arm − reference), "
                   f"{100 * spec.confidence:.0f} % t-interval; in % of the reference arm's mean gain. "
                   "p: paired t-test (Holm-adjusted over the primary comparisons, marked *).", "",
-                  "| comparison | seeds | Δ mean gain | in % of reference | p | decision | epochs to target | "
-                  "wall-clock to target | passes to target |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| comparison | seeds | Δ mean gain ↑ | in % of reference ↑ | p | decision | epochs to target "
+                  "(speed-up ↑) | wall-clock to target (speed-up ↑) | passes to target (speed-up ↑) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, c in comps.items():
             d = c["primary"]
             rel = d.get("relative")
@@ -1220,9 +1221,9 @@ def results_markdown(results: dict, spec: BenchSpec) -> str:
                          f"{_num(c['pair_cost_s'] / 3600 if c['pair_cost_s'] else None, '{:.2f}')} | "
                          f"{_num(c['compute_extra_core_h'], '{:.1f}')} |")
         lines.append("")
-    lines += ["## Per arm: epochs to target (mean [95 % t-interval] over seeds)", "",
-              "| framework | arm | n | epochs to target | censored | final held-out reward | mean gain over run | "
-              "wall-clock to target (s) | s/epoch | mean clip frac | mean zero-grad frac |",
+    lines += ["## Per arm: epochs to target (mean [95 % t-interval] over seeds)", "", f"({figures.DIRECTION_LEGEND})", "",
+              "| framework | arm | n | epochs to target ↓ | censored | final held-out reward ↑ | mean gain over run ↑ | "
+              "wall-clock to target (s) ↓ | s/epoch ↓ | mean clip frac | mean zero-grad frac |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for fw, summ in results["summary"].items():
         for arm in spec.arms_for(fw):
@@ -1265,7 +1266,8 @@ def results_markdown(results: dict, spec: BenchSpec) -> str:
     if gold_keys:
         lines += ["", "## At matched reward (evaluation at the epoch each run first reached the target; "
                   "final evaluation if it never did)", "",
-                  "| framework | arm | " + " | ".join(k.removeprefix("gold_") for k in gold_keys) + " |",
+                  "| framework | arm | " + " | ".join(figures.metric_label(k.removeprefix("gold_")) for k in gold_keys)
+                  + " |",
                   "|---|---|" + "---|" * len(gold_keys)]
         for fw, summ in results["summary"].items():
             for arm in spec.arms_for(fw):
@@ -1288,7 +1290,7 @@ def results_markdown(results: dict, spec: BenchSpec) -> str:
         lines += ["", "## Plots", ""]
         for name, path in results["plots"].items():
             lines += [f"![{name}]({path})", ""]
-    lines += ["## Runs", "", "| run | epochs | epochs to target | matched epoch | mean gain | s/epoch |",
+    lines += ["## Runs", "", "| run | epochs | epochs to target ↓ | matched epoch | mean gain ↑ | s/epoch ↓ |",
               "|---|---|---|---|---|---|"]
     for r in results["runs"]:
         lines.append(f"| {r['run']} | {r['epochs_done']}{' (incomplete)' if r['incomplete'] else ''} | "

@@ -45,7 +45,7 @@ DEFAULT_LORA_TARGETS = (
 
 
 def _rebuild_cmd(name: str) -> str:
-    return f"pcpo pretrain-toy --model {name.removeprefix('toy-')}"
+    return f"pcpo pretrain-toy --model {name.removeprefix('toy-')} --into-package"
 
 
 def load_toy_weights(name: str, path: str | Path | None = None) -> tuple[nn.Module, nn.Module, dict]:

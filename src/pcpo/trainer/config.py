@@ -445,6 +445,20 @@ def validate(cfg: RunConfig) -> None:
                f"reward.weights.{k}: must be a number, got {w!r}")
     _check(bool(cfg.model.family), "model.family: must be set, e.g. toy-flow")
     _validate_window(cfg)
+    _validate_step_options(cfg)
+
+
+def _validate_step_options(cfg: RunConfig) -> None:
+    """The ratio transform's and loss weight's options are the ones their registry entries declare."""
+    from ..algo.step import LOSS_WEIGHTS, RATIO_TRANSFORMS
+
+    t = cfg.train
+    for field_name, reg, name, opts in (("ratio_transform", RATIO_TRANSFORMS, t.ratio_transform, t.ratio_transform_options),
+                                        ("loss_weight", LOSS_WEIGHTS, t.loss_weight, t.loss_weight_options)):
+        allowed = tuple(reg.meta(name).get("options", ()))
+        unknown = sorted(set(opts) - set(allowed))
+        _check(not unknown, f"train.{field_name}_options: {name!r} takes {', '.join(allowed) or 'no options'}; "
+               f"got {', '.join(map(str, unknown))}")
 
 
 def _validate_window(cfg: RunConfig) -> None:

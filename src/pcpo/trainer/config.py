@@ -466,19 +466,19 @@ def _validate_window(cfg: RunConfig) -> None:
     import torch
 
     from ..algo.windows import WINDOWS, window_at
+    from ..samplers import SAMPLERS
 
     s, t = cfg.sampler, cfg.train
+    window = window_at(t.sde_window, s.steps, 0, torch.Generator().manual_seed(0), t.sde_window_options)
     windowed = t.sde_window != "none"
-    _check(not windowed or s.name in ("flow-sde", "dance-sde", "cps"),
-           f"train.sde_window: {t.sde_window} needs a flow SDE sampler (flow-sde, dance-sde or cps), "
-           f"not sampler.name={s.name}")
-    _check(s.solver == "euler" or (windowed and s.name in ("flow-sde", "dance-sde")),
+    flow = [n for n in SAMPLERS if SAMPLERS.meta(n)["kind"] == "flow" and SAMPLERS.meta(n)["train"]]
+    _check(not windowed or s.name in flow,
+           f"train.sde_window: {t.sde_window} needs a flow SDE sampler ({', '.join(flow)}), not sampler.name={s.name}")
+    _check(s.solver == "euler" or (windowed and s.name != "cps"),
            "sampler.solver: dpmsolver++ (MixGRPO-Flash) runs after an SDE window; set train.sde_window "
-           "(e.g. mix_grpo) with sampler.name flow-sde or dance-sde, or use solver euler")
+           "(e.g. mix_grpo) with a flow-matching SDE sampler (not cps), or use solver euler")
     _check(s.solver == "euler" or s.grid == "linspace",
            "sampler.solver: dpmsolver++ rebuilds the shifted linspace grid after the window; set sampler.grid=linspace")
-    _check(s.solver == "euler" or (t.sde_window != "none" and WINDOWS.meta(t.sde_window)["per"] == "iteration"
-                                   and t.sde_window != "tempflow"),
-           f"sampler.solver: dpmsolver++ needs one window per iteration (mix_grpo), not {t.sde_window}; "
-           "use solver euler")
-    window_at(t.sde_window, s.steps, 0, torch.Generator().manual_seed(0), t.sde_window_options)
+    _check(s.solver == "euler" or (WINDOWS.meta(t.sde_window)["per"] == "iteration" and window.branching == "none"),
+           f"sampler.solver: dpmsolver++ needs one window per iteration without branching (mix_grpo), not "
+           f"{t.sde_window}; use solver euler")

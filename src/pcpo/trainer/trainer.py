@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..algo.advantages import advantage_from_config
 from ..algo.step import StepStats
 from ..algo.timesteps import select_timesteps
+from ..algo.windows import window_at
 from ..checkpoint import (
     CheckpointError,
     append_record,
@@ -206,9 +207,11 @@ class Trainer:
         if total % w:
             raise ConfigError(f"data.prompts_per_epoch * data.group_size ({total}) must be divisible by the "
                               f"number of processes ({w})")
-        if cfg.train.sde_window == "tempflow" and (cfg.data.prompts_per_epoch % w):
+        if w > 1 and cfg.data.prompts_per_epoch % w and window_at(
+                cfg.train.sde_window, cfg.sampler.steps, 0, None, cfg.train.sde_window_options).branching == "per_step":
             raise ConfigError(f"data.prompts_per_epoch ({cfg.data.prompts_per_epoch}) must be divisible by the number "
-                              f"of processes ({w}) with train.sde_window=tempflow (each process branches whole prompts)")
+                              f"of processes ({w}) with train.sde_window={cfg.train.sde_window} (each process "
+                              "branches whole prompts)")
         mb = cfg.train.minibatch_size or total
         if total % mb:
             raise ConfigError(f"train.minibatch_size ({mb}) must divide the trajectories per epoch ({total})")

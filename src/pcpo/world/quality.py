@@ -63,7 +63,7 @@ def toy_quality(adapter, seeds: Sequence[int] = (0,), n: int = BAR["n"], steps: 
 
 def _seeds(text: str) -> list[int]:
     """``--seeds``: a count N (seeds 0..N-1) or a list / ranges, as ``pcpo bench --seeds``."""
-    from pcpo.eval.bench import seeds_arg
+    from pcpo.seeds import seeds_arg
 
     value = seeds_arg(text)
     return list(range(value)) if isinstance(value, int) else value

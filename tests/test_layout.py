@@ -8,7 +8,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "pcpo"
 
 # Lower layers never import higher ones. A module's layer is that of its longest listed prefix.
 LAYERS = [
-    ["errors", "registry", "seeds"],
+    ["errors", "registry", "seeds", "fields"],
     ["samplers", "algo", "checkpoint", "figures"],   # checkpoint I/O is shared by trainer and world
     ["models", "rewards", "world", "prompts"],
     ["config", "trainer.config", "run"],

@@ -366,3 +366,19 @@ def test_fsdp_units_are_the_blocks(tiny_pipelines, family):
                       + [b for a in d.mid_block.attentions for b in a.transformer_blocks])()  # transformer blocks
     units = adapter.fsdp_units()
     assert len(units) == len(expected) > 0 and all(u is e for u, e in zip(units, expected))
+
+
+def test_loader_options_are_typed_config_fields(tiny_pipelines):
+    """model.options of the diffusers families are declared fields: wrong types and bounds name the key."""
+    from pcpo.errors import ConfigError
+    from pcpo.models.diffusers_base import LoaderOptions
+    from pcpo.models.sd3 import SD3Adapter, SD3Options
+
+    assert SD3Adapter.extra_spec_keys() == {"max_sequence_length"} and SD3Options().max_sequence_length == 256
+    assert {"resolution", "variant", "decode_batch_size", "train"} <= set(LoaderOptions.__dataclass_fields__)
+    for bad, key in (({"decode_batch_size": 0}, "model.options.decode_batch_size"),
+                     ({"upcast_trainable": "yes"}, "model.options.upcast_trainable"),
+                     ({"train": "half"}, "model.options.train"),
+                     ({"max_sequence_length": "long"}, "model.options.max_sequence_length")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_model(tiny_pipelines.spec("sd3", **bad))

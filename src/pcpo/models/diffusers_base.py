@@ -14,13 +14,16 @@ Mixed precision: ``dtype`` is the dtype the pipeline is loaded in; trainable wei
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..fields import check_fields, from_dict, spec_field
 from .base import Conditioning, ModelAdapter
 from .lora import LoraSpec, add_lora, save_lora_for_pipeline
 
@@ -68,6 +71,30 @@ def transformers_dtype_kwarg() -> str:
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+#: the ``model`` section's own fields that reach the loader (everything else is in ``model.options``)
+MODEL_SPEC_FIELDS = frozenset({"family", "path", "dtype", "lora", "gradient_checkpointing", "detach_uncond"})
+
+
+@dataclass
+class LoaderOptions:
+    """``model.options`` of the diffusers families (checked like every config field)."""
+
+    resolution: Any = spec_field(None, "image size: pixels, or [height, width] (null = the model's default)")
+    variant: str | None = spec_field(None, "weights variant to load, e.g. fp16")
+    revision: str | None = spec_field(None, "hub revision of the pipeline")
+    autocast: Any = spec_field(None, "autocast dtype of model forwards, a model.dtype name such as bf16 (null = none)")
+    negative_prompt: str | None = spec_field(None, "negative prompt of the unconditional CFG branch")
+    upcast_trainable: bool = spec_field(True, "keep trainable weights in fp32 when the model loads in bf16/fp16")
+    decode_batch_size: int | None = spec_field(None, "images per VAE decode call (null = all at once)", gt=0)
+    pipeline_kwargs: dict = spec_field(help="extra keyword arguments of <Pipeline>.from_pretrained", factory=dict)
+    train: str | None = spec_field(None, "lora or full (null = lora when model.lora is set)", choices=("lora", "full"))
+    device: str | None = spec_field(None, "device the loader puts the model on (set by the trainer)")
+
+
+def option_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def default_device() -> torch.device:
@@ -147,15 +174,14 @@ class DiffusersAdapter(ModelAdapter):
             self.to(device)
 
     # ---- construction -------------------------------------------------------------------------
-    SPEC_KEYS: ClassVar[set[str]] = {
-        "family", "path", "revision", "variant", "dtype", "autocast", "lora", "train",
-        "gradient_checkpointing", "detach_uncond", "resolution", "negative_prompt", "upcast_trainable",
-        "decode_batch_size", "device", "pipeline_kwargs",
-    }
+    #: the family's ``model.options`` (a subclass of :class:`LoaderOptions` adds family-specific ones)
+    Options: ClassVar[type] = LoaderOptions
+    SPEC_KEYS: ClassVar[set[str]] = set(MODEL_SPEC_FIELDS) | option_names(LoaderOptions)
 
     @classmethod
     def extra_spec_keys(cls) -> set[str]:
-        return set()
+        """The family's options beyond :class:`LoaderOptions`."""
+        return option_names(cls.Options) - option_names(LoaderOptions)
 
     @classmethod
     def pipeline_class(cls):
@@ -197,30 +223,27 @@ class DiffusersAdapter(ModelAdapter):
             )
         if not spec.get("path"):
             raise ValueError(f"model.path: give a hub id or local diffusers directory for family {cls.family!r}")
+        opts = from_dict(cls.Options, {k: v for k, v in spec.items() if k not in MODEL_SPEC_FIELDS}, "model.options.")
+        check_fields(opts, "model.options.")
         has_lora = spec.get("lora") is not None and spec.get("lora") is not False
-        train = spec.get("train", "lora" if has_lora else "full")
-        if train not in ("lora", "full"):
-            raise ValueError(f"model.train must be 'lora' or 'full', got {train!r}")
+        train = opts.train or ("lora" if has_lora else "full")
         lora = spec.get("lora") if train == "lora" else None
         if train == "lora" and not lora:
             lora = {}
-        pipe = cls.load_pipeline(
-            spec["path"], dtype=parse_dtype(spec.get("dtype")), variant=spec.get("variant"),
-            revision=spec.get("revision"), **dict(spec.get("pipeline_kwargs") or {}),
-        )
-        device = spec.get("device") or default_device()
-        kwargs = {k: spec[k] for k in cls.extra_spec_keys() if k in spec}
+        pipe = cls.load_pipeline(spec["path"], dtype=parse_dtype(spec.get("dtype")), variant=opts.variant,
+                                 revision=opts.revision, **dict(opts.pipeline_kwargs or {}))
+        kwargs = {k: getattr(opts, k) for k in cls.extra_spec_keys()}
         return cls(
             pipe,
             lora=LoraSpec.from_config(lora) if train == "lora" else None,
-            autocast=spec.get("autocast"),
+            autocast=opts.autocast,
             gradient_checkpointing=bool(spec.get("gradient_checkpointing", False)),
             detach_uncond=bool(spec.get("detach_uncond", False)),
-            resolution=spec.get("resolution"),
-            negative_prompt=spec.get("negative_prompt"),
-            upcast_trainable=bool(spec.get("upcast_trainable", True)),
-            decode_batch_size=spec.get("decode_batch_size"),
-            device=device,
+            resolution=opts.resolution,
+            negative_prompt=opts.negative_prompt,
+            upcast_trainable=opts.upcast_trainable,
+            decode_batch_size=opts.decode_batch_size,
+            device=opts.device or default_device(),
             **kwargs,
         )
 

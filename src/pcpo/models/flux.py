@@ -12,13 +12,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from ..fields import spec_field
 from .base import Conditioning
-from .diffusers_base import DiffusersAdapter
+from .diffusers_base import DiffusersAdapter, LoaderOptions
 from .sd3 import MMDIT_LORA_TARGETS, _shift_params, calculate_shift
 
 
@@ -44,6 +46,13 @@ def latent_image_ids(h2: int, w2: int, device, dtype) -> torch.Tensor:
     return ids.reshape(h2 * w2, 3).to(device=device, dtype=dtype)
 
 
+@dataclass
+class FluxOptions(LoaderOptions):
+    """``model.options`` of FLUX.1: the diffusers options plus the T5 prompt length."""
+
+    max_sequence_length: int = spec_field(512, "T5 tokens per prompt (DanceGRPO: 512)", gt=0)
+
+
 class FluxAdapter(DiffusersAdapter):
     """FLUX.1 (``FluxPipeline``)."""
 
@@ -60,9 +69,7 @@ class FluxAdapter(DiffusersAdapter):
         self._text_ids: torch.Tensor | None = None
         super().__init__(pipeline, **kwargs)
 
-    @classmethod
-    def extra_spec_keys(cls) -> set[str]:
-        return {"max_sequence_length"}
+    Options: ClassVar[type] = FluxOptions
 
     def default_resolution(self) -> tuple[int, int]:
         size = int(getattr(self.pipe, "default_sample_size", 128)) * self.vae_scale_factor

@@ -10,10 +10,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
+from ..fields import spec_field
 from .base import Conditioning
-from .diffusers_base import DiffusersAdapter
+from .diffusers_base import DiffusersAdapter, LoaderOptions
 
 MMDIT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
@@ -30,6 +34,13 @@ def calculate_shift(image_seq_len: int, base_seq_len: int, max_seq_len: int, bas
     return image_seq_len * m + base_shift - m * base_seq_len
 
 
+@dataclass
+class SD3Options(LoaderOptions):
+    """``model.options`` of SD3.x: the diffusers options plus the T5 prompt length."""
+
+    max_sequence_length: int = spec_field(256, "T5 tokens per prompt (Flow-GRPO: 256)", gt=0)
+
+
 class SD3Adapter(DiffusersAdapter):
     """Stable Diffusion 3 / 3.5 (``StableDiffusion3Pipeline``)."""
 
@@ -43,9 +54,7 @@ class SD3Adapter(DiffusersAdapter):
         self.max_sequence_length = int(max_sequence_length)
         super().__init__(pipeline, **kwargs)
 
-    @classmethod
-    def extra_spec_keys(cls) -> set[str]:
-        return {"max_sequence_length"}
+    Options: ClassVar[type] = SD3Options
 
     @property
     def default_shift(self) -> float:

@@ -90,3 +90,18 @@ def test_ratio_transforms_as_effective_weights(capsys):
     _, c, std = cps.coefficients()
     m = std > 0
     assert [r["native_transformed"] for r in out["steps"]] == pytest.approx((2 * std[m] * c[m]).tolist())
+
+
+def test_flux_grids_dancegrpo_static_shift_vs_the_stock_pipeline():
+    """DanceGRPO samples FLUX on sd3_time_shift(3, linspace(1, 0, 17)); the stock FluxPipeline uses a dynamic
+    shift from the image token count. real/dancegrpo-flux follows DanceGRPO (and its int(sigma*1000)/1000
+    model time)."""
+    from pcpo.samplers.flow import FLUX_SCHEDULER_CONFIG, flow_grid, pipeline_grid
+    from pcpo.trainer.config import load_config
+
+    dance = flow_grid(16, 3.0)
+    stock = pipeline_grid(16, FLUX_SCHEDULER_CONFIG, image_seq_len=(720 // 16) ** 2)
+    assert dance[0] == stock[0] == 1 and dance[-1] == stock[-1] == 0
+    assert float((dance - stock).abs().max()) > 0.01
+    cfg = load_config("real/dancegrpo-flux")
+    assert (cfg.sampler.grid, cfg.sampler.shift, cfg.sampler.model_time) == ("linspace", 3.0, "floor1000")

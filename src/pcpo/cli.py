@@ -81,17 +81,14 @@ def _yaml_mapping(text: str | None, flag: str) -> dict:
 def _add_transformed_weights(table: dict, sampler, name: str, options: dict) -> None:
     """The linear weight a log-ratio transform gives each step: T applied to the log-ratio of a unit linear
     term (``lin = 1``, ``sq = 0``, so ``log rho = -w``), negated; added as ``native_transformed`` and
-    ``pcpo_transformed``."""
+    ``pcpo_transformed`` to the rows of a table built with ``step_index``."""
     import torch
 
     from .algo.step import RATIO_TRANSFORMS, RatioInputs, StepTable
 
     fn, st = RATIO_TRANSFORMS.get(name), StepTable.from_sampler(sampler)
     for row in table["steps"]:
-        i = row.get("step")
-        if i is None:
-            i = next(k for k, t in enumerate(sampler.timesteps.tolist()) if float(t) == row["t"])
-            row["step"] = i
+        i = row["step"]
         for key in ("native", "pcpo"):
             w = torch.tensor([row[key]], dtype=torch.float64)
             inp = RatioInputs(torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), w,
@@ -125,7 +122,8 @@ def run_credit(args: argparse.Namespace) -> int:
         lam = LOSS_WEIGHTS.get(args.loss_weight)(StepTable.from_sampler(sampler),
                                                  **_yaml_mapping(args.loss_weight_options, "--loss-weight-options"))
         lam = torch.ones(sampler.num_steps, dtype=torch.float64) if lam is None else torch.as_tensor(lam)
-    table = credit_table(sampler, w_star=args.w_star, loss_weights=lam, trained=trained)
+    table = credit_table(sampler, w_star=args.w_star, loss_weights=lam, trained=trained,
+                         step_index=args.ratio_transform is not None)
     if args.ratio_transform is not None:
         _add_transformed_weights(table, sampler, args.ratio_transform,
                                  _yaml_mapping(args.ratio_transform_options, "--ratio-transform-options"))

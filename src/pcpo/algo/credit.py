@@ -86,17 +86,17 @@ def credit_options(name: str, values: dict) -> dict:
 
 
 def credit_table(sampler: Sampler, w_star: float | None = None, loss_weights: torch.Tensor | None = None,
-                 trained: list[int] | None = None) -> dict:
+                 trained: list[int] | None = None, step_index: bool = False) -> dict:
     """``{"zeta": ..., "steps": [{"t", "dt", "native", "pcpo"}, ...]}`` for ``pcpo credit``: the stochastic
     steps of ``sampler`` (for a windowed sampler, the window's: both schemes are computed over them).
 
     With ``loss_weights`` (a per-step loss weight λ [N], e.g. from :data:`pcpo.algo.step.LOSS_WEIGHTS`)
     each step also gets ``"loss_weight"``; with ``trained`` (the window's trained steps) ``"trained"``;
-    with either, ``"step"`` (the step's index in the sampler)."""
+    with either (or ``step_index``), ``"step"`` (the step's index in the sampler)."""
     native = native_credit(sampler)
     target = pcpo_credit(sampler, w_star=w_star)
     dt = sampler.dt()
-    extra = loss_weights is not None or trained is not None
+    extra = step_index or loss_weights is not None or trained is not None
     steps = []
     for i, (t, d, n, p) in enumerate(zip(sampler.timesteps.tolist(), dt.tolist(), native.tolist(), target.tolist())):
         if n == float("inf"):

@@ -29,9 +29,12 @@ Conditioning = dict[str, torch.Tensor]
 
 
 def cond_select(cond: Conditioning, index: torch.Tensor | slice | Sequence[int]) -> Conditioning:
-    """Rows ``index`` of every tensor in ``cond``."""
+    """Rows ``index`` of every tensor in ``cond`` (a tensor index goes to each tensor's device; an empty
+    conditioning stays empty)."""
     if not isinstance(index, (torch.Tensor, slice)):
         index = torch.as_tensor(list(index), dtype=torch.long)
+    if isinstance(index, torch.Tensor):
+        return {k: v[index.to(v.device)] for k, v in cond.items()}
     return {k: v[index] for k, v in cond.items()}
 
 

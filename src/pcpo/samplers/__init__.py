@@ -105,6 +105,18 @@ class Trajectory:
     final: torch.Tensor
 
 
+def _needs_history(sampler: Sampler, i: int) -> bool:
+    needs = getattr(sampler, "needs_history", None)
+    return needs is not None and 0 <= i < sampler.num_steps and needs(i)
+
+
+def _step(sampler: Sampler, i: int, x: torch.Tensor, p: torch.Tensor, generator, history):
+    """Step ``i``, given the previous step's data prediction where the step is multistep (MixGRPO-Flash's
+    DPM-Solver++ tail); returns the output and the data prediction the next step needs (else None)."""
+    out = sampler.step(i, x, p, generator=generator, **({"history": history} if _needs_history(sampler, i) else {}))
+    return out, (sampler.data_prediction(i, x, p) if _needs_history(sampler, i + 1) else None)
+
+
 @torch.no_grad()
 def rollout(sampler: Sampler, x: torch.Tensor, predict: Predict, generator: torch.Generator | None = None,
             on_step: Callable[[], None] | None = None, start: int = 0, stop: int | None = None) -> Trajectory:
@@ -126,13 +138,10 @@ def rollout(sampler: Sampler, x: torch.Tensor, predict: Predict, generator: torc
     history = None
     for k, i in enumerate(range(start, stop)):
         p = predict(x, torch.full((B,), i, dtype=torch.long))
-        kw = {"history": history} if getattr(sampler, "needs_history", None) is not None and sampler.needs_history(i) else {}
-        out = sampler.step(i, x, p, generator=generator, **kw)
+        out, history = _step(sampler, i, x, p, generator, history)
         states[:, k] = x
         noise[:, k] = out.noise
         preds[:, k] = p
-        if hasattr(sampler, "data_prediction"):
-            history = sampler.data_prediction(i, x, p)
         x = out.prev_sample
         if on_step is not None:
             on_step()
@@ -151,10 +160,7 @@ def sample(adapter, sampler: Sampler, prompts: Sequence[str], guidance_scale: fl
     for i in range(sampler.num_steps):
         t = sampler.model_time(i, x.shape[0], x.device)
         p = sampler.canonical(i, x, adapter.predict(x, t, cond, guidance_scale))
-        kw = {"history": history} if getattr(sampler, "needs_history", None) is not None and sampler.needs_history(i) else {}
-        out = sampler.step(i, x, p, generator=generator, **kw)
-        if hasattr(sampler, "data_prediction"):
-            history = sampler.data_prediction(i, x, p)
+        out, history = _step(sampler, i, x, p, generator, history)
         x = out.prev_sample
     return x
 

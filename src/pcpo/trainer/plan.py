@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..algo.step import PolicyStep
 from ..algo.windows import WINDOWS, Window, window_at
 from ..samplers import Sampler
@@ -48,8 +50,9 @@ class WindowPlan:
         return self.name != "none"
 
     def default(self) -> Setup:
-        """The full-trajectory setup (the run's own sampler); with a window, its first iteration's."""
-        return self._cache[()] if not self.windowed else self.setups(1, 1, None)[0]
+        """The full-trajectory setup (the run's own sampler); with a window, its first iteration's (drawn from
+        a fixed generator, so that the global random state is left alone)."""
+        return self._cache[()] if not self.windowed else self.setups(1, 1, torch.Generator().manual_seed(0))[0]
 
     def _setup(self, window: Window, sampler: Sampler) -> Setup:
         policy = PolicyStep.from_config(self.train_cfg, sampler)

@@ -145,7 +145,6 @@ class Trainer:
         self.eval_sampler = self.sampler.deterministic(cfg.sampler.eval_steps).inherit(self.sampler)
         #: the iteration's sampler and policy step under an SDE window (one setup without a window)
         self.plan = WindowPlan(cfg.train, cfg.sampler, self.sampler)
-        self.policy = self.plan.default().policy
 
         self.reward_fn = reward_fn if reward_fn is not None else build_run_reward(cfg)
         if self.dist.is_main:
@@ -428,7 +427,7 @@ class Trainer:
         for k, start in enumerate(range(0, B, rb)):
             idx = torch.arange(start, min(B, start + rb))
             su = setups[k]
-            c = cond_select(cond, idx.to(next(iter(cond.values())).device)) if cond else cond
+            c = cond_select(cond, idx)
             first = su.window.sde_steps[0] if su.window.sde_steps else su.sampler.num_steps
             if su.window.branching == "prefix" and first > 0:
                 from ..samplers.branching import rollout_shared_prefix
@@ -437,7 +436,7 @@ class Trainer:
                 traj, cost = rollout_shared_prefix(
                     su.sampler, x_local[idx].float(),
                     lambda x, step_idx, rows, c=c, sm=su.sampler: self._predict(
-                        self.adapter, x, step_idx, cond_select(c, rows.to(next(iter(c.values())).device)) if c else c, sm),
+                        self.adapter, x, step_idx, cond_select(c, rows), sm),
                     groups, first, generator=gen, on_step=on_step)
             else:
                 traj = rollout(su.sampler, x_local[idx].float(),
@@ -466,7 +465,6 @@ class Trainer:
         x_groups = x_local[::G].float()
         ode = self.sampler.deterministic().inherit(self.sampler)
         cond_all = self.adapter.encode_prompts(group_prompts)
-        dev = next(iter(cond_all.values())).device if cond_all else None
         per = max(1, self.cfg.sampler.rollout_batch // K)
         parts, branch_of = [], []
 
@@ -474,17 +472,16 @@ class Trainer:
             self.passes["rollout"] += 1
         for start in range(0, len(group_prompts), per):
             idx = torch.arange(start, min(len(group_prompts), start + per))
-            c = cond_select(cond_all, idx.to(dev)) if cond_all else cond_all
+            c = cond_select(cond_all, idx)
             traj, b_of, cost = rollout_per_step(
                 su.sampler, ode, x_groups[idx],
-                lambda x, step_idx, rows, c=c: self._predict(
-                    self.adapter, x, step_idx, cond_select(c, rows.to(dev)) if c else c, su.sampler),
+                lambda x, step_idx, rows, c=c: self._predict(self.adapter, x, step_idx, cond_select(c, rows), su.sampler),
                 branches, K, generator=gen, on_step=on_step)
             self.evaluations["rollout"] += cost
             parts.append(traj)
             branch_of += b_of.tolist()
         row_prompt = [p for p in group_prompts for _ in range(S * K)]
-        cond = self.adapter.encode_prompts(row_prompt)
+        cond = cond_select(cond_all, torch.arange(len(group_prompts)).repeat_interleave(S * K))  # rows' prompts
         images = self.adapter.decode(torch.cat([t.final for t in parts])).float()
         states, noise, preds = (torch.cat([getattr(t, k) for t in parts]) for k in ("states", "noise", "preds"))
         trained = set(su.window.trained)
@@ -563,7 +560,7 @@ class Trainer:
         sampler, policy = setup.sampler, setup.policy
         bi, si = b_idx.to(self.device), s_idx.to(self.device)
         x = ro.states[bi, si]
-        cond = cond_select(ro.cond, bi.to(next(iter(ro.cond.values())).device)) if ro.cond else ro.cond
+        cond = cond_select(ro.cond, bi)
         p = self._predict(self.adapter, x, s_idx, cond, sampler)
         self.passes["update"] += 1
         self.evaluations["update"] += len(s_idx)

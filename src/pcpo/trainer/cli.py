@@ -89,6 +89,7 @@ def run_train(args: argparse.Namespace) -> int:
         trainer = Trainer.resume(args.resume, overrides=args.overrides)
         _say(f"resuming {args.resume} after epoch {trainer.start_epoch}")
         trainer.train()
+        trainer.dist.shutdown()
         return 0
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -107,5 +108,6 @@ def run_train(args: argparse.Namespace) -> int:
                 out, trainer.created_run_dir, trainer.emptied_run_dir):
             _say(f"removed {out}: the run failed before its first epoch")
         raise
+    trainer.dist.shutdown()  # tear the process group down before exit (gloo's threads otherwise race the exit)
     _say(f"done: {out} (metrics.jsonl, curves.png, images/, tb/, checkpoints/)")
     return 0

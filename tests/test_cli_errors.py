@@ -170,6 +170,34 @@ def test_only_rank_0_reports(tmp_path):
     assert res.returncode == 2 and "train.objective" in res.stderr
 
 
+LAUNCH = ["launch", "--standalone", "--nproc-per-node", "2"]
+TINY = ["epochs=1", "data.prompts_per_epoch=1", "data.group_size=4", "train.minibatch_size=4", "sampler.steps=4",
+        "eval.every=0", "eval.images_per_prompt=1", "eval.grid=false", "threads=1", "log.progress=false",
+        "log.tensorboard=false"]
+
+
+def test_launch_ends_a_rank_failure_in_one_line(tmp_path):
+    """Under `pcpo launch` (torchrun's launcher) a config error is rank 0's line and rank 0's exit status; plain
+    torchrun would add a ChildFailedError traceback and its failure table."""
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    res = _pcpo([*LAUNCH, "train", "--out", "run", "--set", "reward.name=nope"], tmp_path, env)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pcpo train: error: reward.name"), res.stderr
+    assert "Traceback" not in res.stderr + res.stdout and not (tmp_path / "run").exists()
+    res = _pcpo(["launch", "--nproc-per-node", "2", "trian", "default"], tmp_path, env)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "'trian' is not a pcpo command" in res.stderr
+
+
+def test_launch_trains_on_two_ranks(tmp_path):
+    res = _pcpo([*LAUNCH, "train", "default", "--out", "run", *[a for s in TINY for a in ("--set", s)]], tmp_path,
+                {**ENV, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("run directory:") == 1 and res.stderr.strip() == "", res.stderr  # rank 0 speaks
+    recs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["epoch"] == 1 and (tmp_path / "run" / "final").is_dir()
+
+
 def test_closed_pipe_is_not_an_error(tmp_path):
     cmd = [sys.executable, "-m", "pcpo.cli", "credit", "--sampler", "flow-sde", "--steps", "50", "--eta", "0.7",
            "--json"]

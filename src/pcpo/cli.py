@@ -22,6 +22,7 @@ _SUBCOMMANDS = [
     ("pcpo.world.quality", "add_check_parser"),
     ("pcpo.rewards.server", "add_serve_reward_parser"),
     ("pcpo.eval.cli", "add_eval_parsers"),
+    ("pcpo.launch", "add_launch_parser"),
 ]
 
 
@@ -210,9 +211,22 @@ def _stdout_gone() -> None:
         pass
 
 
+def command_names() -> set[str]:
+    """The pcpo subcommands (what ``pcpo launch`` may run on each rank)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return set(sub.choices) - {"launch"}
+
+
 def main(argv: list[str] | None = None) -> int:
     if not _debug():
         _quiet_libraries()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug_flag = argv[:1] == ["--debug"]
+    rest = argv[1:] if debug_flag else argv
+    if rest[:1] == ["launch"]:  # torchrun's options are parsed by torchrun's own parser
+        from .launch import main as launch
+
+        return launch(rest[1:], debug=debug_flag or _debug())
     parser = build_parser()
     args = parser.parse_args(argv)
     command = f"pcpo {args.command}"

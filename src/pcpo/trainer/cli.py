@@ -22,8 +22,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         description="With no CONFIG, runs the embedded default: the tiny flow model, PCPO, a prompt-alignment "
         "reward, a few minutes on 2 CPU cores. CONFIG is a YAML file or a shipped config name; shipped: "
         f"{_shipped_configs()}. Everything is checked before the run directory is created, and a run that "
-        "fails before its first epoch leaves none behind. Launch multi-process runs with `torchrun "
-        "--nproc_per_node N -m pcpo.cli train ...`.",
+        "fails before its first epoch leaves none behind. Launch multi-process runs with `pcpo launch "
+        "--nproc-per-node N train ...` (torchrun's launcher, one-line errors) or `torchrun --nproc_per_node N -m "
+        "pcpo.cli train ...`.",
     )
     p.add_argument("config", nargs="?", default=None, help="YAML file or shipped config name (default: default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

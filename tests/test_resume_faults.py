@@ -398,22 +398,31 @@ def _torchrun(*args, **kw):
     return subprocess.Popen(cmd + list(args), env={**os.environ, "HF_HUB_OFFLINE": "1"}, text=True, **kw)
 
 
+def _launch(*args, **kw):
+    cmd = [sys.executable, "-m", "pcpo.cli", "launch", "--standalone", "--nproc-per-node", "2"]
+    return subprocess.Popen(cmd + list(args), env={**os.environ, "HF_HUB_OFFLINE": "1"}, text=True, **kw)
+
+
 def test_torchrun_ranks_agree_on_a_sigterm_and_on_the_checkpoint_to_resume(tmp_path):
+    """Uninterrupted under torchrun; interrupted under `pcpo launch` (SIGTERM to the launcher reaches both ranks,
+    which stop after the same epoch: one line, exit 143); resumed under torchrun: the same final weights."""
     every = ["epochs=6", "checkpoint.every=5", "data.eval_prompts=[a red square]", "eval.every=0"]
     full = tmp_path / "full"
     assert _torchrun("train", "--out", str(full), *_set_args(*every)).wait(timeout=300) == 0
 
     run, log = tmp_path / "run", tmp_path / "run.log"
     with open(log, "w") as f:
-        proc = _torchrun("train", "--out", str(run), *_set_args(*every), stdout=f, stderr=subprocess.STDOUT)
+        proc = _launch("train", "--out", str(run), *_set_args(*every), stdout=f, stderr=subprocess.STDOUT)
         deadline = time.time() + 200
         while "epoch    2" not in log.read_text() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)  # torchrun passes it to both ranks
-        proc.wait(timeout=120)
+        proc.send_signal(signal.SIGTERM)  # the launcher passes it to both ranks
+        assert proc.wait(timeout=120) == 143
     text = log.read_text()
     stops = [ln for ln in text.splitlines() if ln.startswith("pcpo train: stopped by SIGTERM after epoch")]
     assert len(stops) == 1, text[-3000:]  # rank 0 speaks for both
+    assert f"(2 processes) running `train --resume {run}`" in stops[0]
+    assert "Traceback" not in text and "death signal" not in text, text[-3000:]  # no launcher noise
     epoch = int(stops[0].split("after epoch ")[1].split()[0])
     assert 2 <= epoch < 6
     assert [p.name for p in (run / "checkpoints").iterdir()] == [f"epoch-{epoch:06d}"]

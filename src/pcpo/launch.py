@@ -69,14 +69,16 @@ def main(argv: list[str], debug: bool = False) -> int:
     args.module = True
     args.training_script_args = [command, *args.training_script_args]
     args.training_script = "pcpo.cli"
-    if debug:
-        args.training_script_args = ["--debug", *args.training_script_args]
-    else:
-        logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
-
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import run
+
+    if debug:
+        args.training_script_args = ["--debug", *args.training_script_args]
+    else:  # elastic's loggers set their own levels when created, so each one is quietened
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
 
     try:
         run(args)  # torchrun's main without its @record traceback

@@ -809,6 +809,9 @@ class Trainer:
         """Checkpoint epoch ``done`` (the last completed one) unless saved or forced; raise TrainingInterrupted."""
         name = signal.Signals(stop.signum).name
         resume = f"`pcpo train --resume {self.run_dir}`"
+        if self.dist.enabled:  # the same number of processes, with the launcher the run was started with
+            resume = (f"the same launch command ({self.dist.world_size} processes) running "
+                      f"`train --resume {self.run_dir}`")
         if stop.forced:
             at = self._saved_epoch
             msg = (f"stopped by a second {name} during epoch {done + 1}, which is not saved; {resume} continues "

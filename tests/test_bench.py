@@ -1,6 +1,7 @@
 """``pcpo bench`` end to end on the micro models: matrix, skip/resume, results table and plots."""
 
 import json
+import time
 
 import pytest
 import yaml
@@ -78,6 +79,37 @@ def test_bench_resumes_a_partial_run(tmp_path, capsys):
     assert [r["epoch"] for r in recs] == [0, 1, 2]
     s = json.loads((out / "results.json").read_text())["summary"]["flowgrpo"]["pcpo"]
     assert s["censored"] == 1 and s["epochs_to_target"] == [2.0]
+
+
+def test_bench_interrupted_run_keeps_its_time_and_says_how_to_go_on(tmp_path, capsys, monkeypatch):
+    """A signal stops the matrix with the bench's own resume hint; the run's wall time adds up over sessions."""
+    from pcpo.trainer import trainer as tr
+
+    cfg = _bench_file(tmp_path)
+    out = tmp_path / "bench"
+    base = ["bench", "--config", str(cfg), "--out", str(out), "--seeds", "1", "--frameworks", "flowgrpo",
+            "--objectives", "pcpo", "--epochs", "1"]
+    rd = out / "runs" / "flowgrpo-pcpo-s0"
+    real_train = tr.Trainer.train
+
+    def stopped(self):
+        time.sleep(0.3)
+        raise tr.TrainingInterrupted("stopped by SIGTERM after epoch 0 (nothing saved); continue with "
+                                     f"`pcpo train --resume {self.run_dir}`", 15, None)
+
+    monkeypatch.setattr(tr.Trainer, "train", stopped)
+    monkeypatch.setattr("sys.argv", ["pcpo", *base])  # as typed: command.txt, which the hint quotes
+    assert main(base) == 143
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pcpo bench: stopped by SIGTERM after epoch 0 (nothing saved) of flowgrpo-pcpo-s0; "
+                          "continue with `pcpo bench --config") and "--resume" in err and "pcpo train" not in err
+    first = json.loads((rd / "bench_wall.json").read_text())["seconds"]
+    assert first >= 0.3
+    monkeypatch.setattr(tr.Trainer, "train", real_train)
+    assert main(base + ["--resume"]) == 0
+    total = json.loads((rd / "bench_wall.json").read_text())["seconds"]
+    summary = json.loads((out / "summaries" / "flowgrpo" / "pcpo" / "0.json").read_text())
+    assert summary["wall_s"] == pytest.approx(total, rel=1e-5) and total > first
 
 
 def test_bench_spec_errors_and_config_choice(tmp_path):

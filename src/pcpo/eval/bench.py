@@ -585,11 +585,13 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
             except Exception as e:  # noqa: BLE001 - a plotting hiccup must not stop the matrix
                 log(f"{tag}: aggregation failed ({type(e).__name__}: {e}); continuing")
 
+    command = (out / "command.txt").read_text().strip() if (out / "command.txt").is_file() else "the same pcpo bench command"
+    hint = f"`{command}`" + ("" if "--resume" in command else " plus --resume")
     if spec.workers == 1:
         for tag, fw, arm, seed, cfg_name, ov, rd in todo:
             log(f"{tag}: " + ("resuming" if (rd / "config.yaml").is_file()
                               else f"config {cfg_name or 'default (+ published settings)'}"))
-            wall = _train_cell(cfg_name, ov, str(rd), spec.epochs, tuple(spec.imports))
+            wall = _train_cell(cfg_name, ov, str(rd), spec.epochs, tuple(spec.imports), hint)
             log(f"{tag}: done in {wall:.0f}s")
             finish(fw, arm, seed, cfg_name, ov, rd, wall, tag)
             after_run(tag)
@@ -610,7 +612,8 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
                 item = queue.pop(0)
                 tag, _fw, _arm, _seed, cfg_name, ov, rd = item
                 log(f"{tag}: started" + (" (resuming)" if (rd / "config.yaml").is_file() else ""))
-                pending[pool.submit(_train_cell, cfg_name, ov, str(rd), spec.epochs, tuple(spec.imports))] = item
+                pending[pool.submit(_train_cell, cfg_name, ov, str(rd), spec.epochs, tuple(spec.imports),
+                                    hint)] = item
             if not pending:
                 break
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -645,22 +648,49 @@ def _run_imports(imports: list[str]) -> None:
             fn()
 
 
+WALL_FILE = "bench_wall.json"  # in a run directory: seconds spent by the sessions that trained it
+
+
+def _wall_so_far(rd: Path) -> float:
+    try:
+        return float(json.loads((rd / WALL_FILE).read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
 def _train_cell(
-    cfg_name: str | None, overrides: list[str], run_dir: str, epochs: int, imports: tuple = ()
+    cfg_name: str | None, overrides: list[str], run_dir: str, epochs: int, imports: tuple = (),
+    resume_hint: str | None = None,
 ) -> float:
-    """Train (or resume) one cell of the matrix; returns the wall time. Top-level so worker processes can run it."""
+    """Train (or resume) one cell of the matrix; returns its wall time over every session that trained it
+    (each session adds its seconds to ``bench_wall.json`` in the run directory when it ends, also when a signal
+    stops it; a SIGKILLed session's seconds are lost). Top-level so worker processes can run it."""
     from ..trainer.config import load_config
-    from ..trainer.trainer import Trainer
+    from ..trainer.trainer import Trainer, TrainingInterrupted
 
     _run_imports(list(imports))
     t0 = time.time()
     rd = Path(run_dir)
-    if (rd / "config.yaml").is_file():
-        trainer = Trainer.resume(rd, overrides=[f"epochs={epochs}"])
-    else:
-        trainer = Trainer(load_config(cfg_name, overrides), rd)
-    trainer.train()
-    return time.time() - t0
+    before = _wall_so_far(rd)
+    total = before
+    try:
+        if (rd / "config.yaml").is_file():
+            trainer = Trainer.resume(rd, overrides=[f"epochs={epochs}"])
+        else:
+            trainer = Trainer(load_config(cfg_name, overrides), rd)
+        trainer.train()
+    except TrainingInterrupted as e:  # the trainer's hint names `pcpo train --resume`; a matrix resumes itself
+        if resume_hint:
+            raise TrainingInterrupted(f"{str(e).split('; continue with ')[0]} of {rd.name}; continue with "
+                                      f"{resume_hint}", e.signum, e.epoch) from None
+        raise
+    finally:
+        total = before + time.time() - t0
+        if rd.is_dir():
+            tmp = rd / (WALL_FILE + ".tmp")
+            tmp.write_text(json.dumps({"seconds": total}) + "\n")
+            os.replace(tmp, rd / WALL_FILE)
+    return total
 
 
 # ---------------------------------------------------------------------------- per-run numbers
@@ -737,7 +767,8 @@ def _mean_key(records: list[dict], key: str) -> float | None:
 
 
 def run_cost_s(m: dict) -> float | None:
-    """Compute of one run in seconds: its wall time when trained in one go, else the sum of epoch times."""
+    """Compute of one run in seconds: its wall time over the sessions that trained it (training and evaluation),
+    else the sum of its epochs' training times."""
     return m.get("wall_s") or m.get("time_total_s")
 
 
@@ -1308,11 +1339,12 @@ def run_bench(args) -> int:
         spec.set = list(spec.set) + list(args.set)
     work = Path(args.work) if getattr(args, "work", None) else None
     out.mkdir(parents=True, exist_ok=True)
-    cmd = "pcpo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    # the command line as typed, when this process is `pcpo bench ...` (not a caller of main(argv))
+    cmd = "pcpo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
     if report_only:
         res = report(spec, out, collect_summaries(spec, out, from_runs=False))
     else:
-        if cmd and "bench" in cmd and not (out / "command.txt").is_file():
+        if cmd and not (out / "command.txt").is_file():
             (out / "command.txt").write_text(cmd + "\n")
         if not args.aggregate_only:
             run_matrix(spec, out, resume=args.resume, work=work, commit=getattr(args, "commit", False))

@@ -14,7 +14,7 @@ LAYERS = [
     ["config", "trainer.config", "run"],
     ["trainer"],
     ["eval"],
-    ["cli"],
+    ["cli", "launch"],   # launch: torchrun for pcpo commands, handed its argv by cli
 ]
 
 # (importer, imported) pairs allowed to run upwards: none today. At most one may ever be added, with

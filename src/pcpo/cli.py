@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest[:1] == ["launch"]:  # torchrun's options are parsed by torchrun's own parser
         from .launch import main as launch
 
-        return launch(rest[1:], debug=debug_flag or _debug())
+        return launch(rest[1:], command_names(), debug=debug_flag or _debug())
     parser = build_parser()
     args = parser.parse_args(argv)
     command = f"pcpo {args.command}"

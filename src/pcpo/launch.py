@@ -49,9 +49,8 @@ def _fail(text: str, code: int) -> int:
     return code
 
 
-def main(argv: list[str], debug: bool = False) -> int:
-    from .cli import command_names
-
+def main(argv: list[str], commands: set[str], debug: bool = False) -> int:
+    """``argv``: what follows ``pcpo launch``; ``commands``: the pcpo subcommands a rank may run."""
     parser = _parser()
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -61,8 +60,8 @@ def main(argv: list[str], debug: bool = False) -> int:
     except SystemExit as e:  # argparse printed its usage error
         return int(e.code or 0)
     command = args.training_script
-    if command not in command_names():
-        return _fail(f"{command!r} is not a pcpo command; choose one of {sorted(command_names())} "
+    if command not in commands:
+        return _fail(f"{command!r} is not a pcpo command; choose one of {sorted(commands)} "
                      f"(usage: {USAGE})", 2)
     if args.module or args.no_python:
         return _fail("--module / --no-python do not apply: pcpo launch always runs `python -m pcpo.cli`", 2)

@@ -72,6 +72,9 @@ def test_bench_resumes_a_partial_run(tmp_path, capsys):
     base = ["bench", "--config", str(cfg), "--out", str(out), "--seeds", "1", "--frameworks", "flowgrpo",
             "--objectives", "pcpo"]
     assert main(base + ["--epochs", "1"]) == 0
+    # bench.json, what --report-only reads, records the whole matrix, not the --frameworks / --objectives subset
+    settings = json.loads((out / "bench.json").read_text())
+    assert settings["frameworks"] == ["ddpo", "flowgrpo"] and settings["objectives"] == ["clipped", "log_hinge", "pcpo"]
     # more epochs: the finished 1-epoch run is now partial and continues from its checkpoint
     assert main(base + ["--epochs", "2", "--resume"]) == 0
     assert "resuming" in capsys.readouterr().out

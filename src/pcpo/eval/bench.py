@@ -529,7 +529,10 @@ def commit_paths(paths: list[Path], message: str, log=print, retries: int = 20) 
 # ---------------------------------------------------------------------------- running the matrix
 
 def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work: Path | None = None,
-               commit: bool = False) -> None:
+               commit: bool = False, settings: BenchSpec | None = None) -> None:
+    """Train (or resume) every cell of ``spec``. ``settings``: what ``OUT/bench.json`` records for
+    ``--report-only`` (default ``spec``); a run restricted with --frameworks / --arms passes the whole matrix,
+    so that the report always covers every pre-registered cell ("k of N runs present")."""
     from ..trainer.config import load_config
 
     out = Path(out)
@@ -554,7 +557,7 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
                              f"{cfg.train.objective!r}, the arm's objective is {objective!r}")
         plans.append((fw, arm, seed, cfg_name, ov))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(spec_dict(spec), indent=1) + "\n")  # what --report-only reads
+    (out / "bench.json").write_text(json.dumps(spec_dict(settings or spec), indent=1) + "\n")  # --report-only reads it
 
     def finish(fw, arm, seed, cfg_name, ov, rd, wall_s, tag) -> None:
         sp = write_summary(summary_path(out, fw, arm, seed),
@@ -1335,8 +1338,14 @@ def run_bench(args) -> int:
         objectives=objectives.split(",") if objectives else None,
         target=args.target, metric=args.metric, workers=getattr(args, "workers", None),
     )
+    settings = spec
+    if not report_only and (args.frameworks or objectives):  # bench.json records the whole matrix
+        settings = load_bench_spec(config, seeds=args.seeds, epochs=args.epochs, target=args.target,
+                                   metric=args.metric, workers=getattr(args, "workers", None))
     if args.set:
         spec.set = list(spec.set) + list(args.set)
+        if settings is not spec:
+            settings.set = list(settings.set) + list(args.set)
     work = Path(args.work) if getattr(args, "work", None) else None
     out.mkdir(parents=True, exist_ok=True)
     # the command line as typed, when this process is `pcpo bench ...` (not a caller of main(argv))
@@ -1347,7 +1356,8 @@ def run_bench(args) -> int:
         if cmd and not (out / "command.txt").is_file():
             (out / "command.txt").write_text(cmd + "\n")
         if not args.aggregate_only:
-            run_matrix(spec, out, resume=args.resume, work=work, commit=getattr(args, "commit", False))
+            run_matrix(spec, out, resume=args.resume, work=work, commit=getattr(args, "commit", False),
+                       settings=settings)
         res = aggregate(spec, out, work=work)
     _print_summary(res, spec)
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}", flush=True)

@@ -675,7 +675,6 @@ def _train_cell(
     t0 = time.time()
     rd = Path(run_dir)
     before = _wall_so_far(rd)
-    total = before
     try:
         if (rd / "config.yaml").is_file():
             trainer = Trainer.resume(rd, overrides=[f"epochs={epochs}"])

@@ -95,17 +95,16 @@ def test_bench_interrupted_run_keeps_its_time_and_says_how_to_go_on(tmp_path, ca
     rd = out / "runs" / "flowgrpo-pcpo-s0"
     real_train = tr.Trainer.train
 
-    def stopped(self):
+    def stopped(self):  # the trainer's own stop path, as a SIGTERM during the first epoch takes it
         time.sleep(0.3)
-        raise tr.TrainingInterrupted("stopped by SIGTERM after epoch 0 (nothing saved); continue with "
-                                     f"`pcpo train --resume {self.run_dir}`", 15, None)
+        self._interrupted(tr._Stop(15), 0)
 
     monkeypatch.setattr(tr.Trainer, "train", stopped)
     monkeypatch.setattr("sys.argv", ["pcpo", *base])  # as typed: command.txt, which the hint quotes
     assert main(base) == 143
     err = capsys.readouterr().err.strip()
-    assert err.startswith("pcpo bench: stopped by SIGTERM after epoch 0 (nothing saved) of flowgrpo-pcpo-s0; "
-                          "continue with `pcpo bench --config") and "--resume" in err and "pcpo train" not in err
+    assert err == (f"pcpo bench: flowgrpo-pcpo-s0: stopped by SIGTERM during epoch 1, before anything was "
+                   f"trained; `pcpo {' '.join(base)}` plus --resume starts it again")
     first = json.loads((rd / "bench_wall.json").read_text())["seconds"]
     assert first >= 0.3
     monkeypatch.setattr(tr.Trainer, "train", real_train)
@@ -113,6 +112,25 @@ def test_bench_interrupted_run_keeps_its_time_and_says_how_to_go_on(tmp_path, ca
     total = json.loads((rd / "bench_wall.json").read_text())["seconds"]
     summary = json.loads((out / "summaries" / "flowgrpo" / "pcpo" / "0.json").read_text())
     assert summary["wall_s"] == pytest.approx(total, rel=1e-5) and total > first
+
+
+@pytest.mark.parametrize("forced, done, says", [
+    (True, 0, "stopped by a second SIGINT during epoch 1, which is not saved; {hint} continues from the start"),
+    (False, 0, "stopped by SIGINT during epoch 1, before anything was trained; {hint} starts it again"),
+    (False, 1, "stopped by SIGINT after epoch 1 (checkpoints/epoch-000001); continue with {hint}"),
+])
+def test_bench_stop_messages_name_the_bench_on_every_path(tmp_path, capsys, monkeypatch, forced, done, says):
+    """Whatever branch of the trainer's stop handling ends the run, the hint is the bench's, not `pcpo train`."""
+    from pcpo.trainer import trainer as tr
+
+    cfg = _bench_file(tmp_path)
+    base = ["bench", "--config", str(cfg), "--out", str(tmp_path / "bench"), "--seeds", "1", "--frameworks",
+            "flowgrpo", "--objectives", "pcpo", "--epochs", "1", "--resume"]
+    monkeypatch.setattr(tr.Trainer, "train", lambda self: self._interrupted(tr._Stop(2, forced=forced), done))
+    monkeypatch.setattr("sys.argv", ["pcpo", *base])
+    assert main(base) == 130
+    hint = f"`pcpo {' '.join(base)}`"
+    assert capsys.readouterr().err.strip() == f"pcpo bench: flowgrpo-pcpo-s0: {says.format(hint=hint)}"
 
 
 def test_bench_spec_errors_and_config_choice(tmp_path):

@@ -334,7 +334,10 @@ def plot_training(records: list[dict], path: str) -> None:
                 label="held-out reward (ODE)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("reward (higher is better)")
-    ax.legend()
+    if train or evals:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no records yet", ha="center", va="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     ax = axes[1]
     clip = [r for r in train if isinstance(r.get("clipfrac"), (int, float))]

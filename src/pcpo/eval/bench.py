@@ -680,12 +680,10 @@ def _train_cell(
             trainer = Trainer.resume(rd, overrides=[f"epochs={epochs}"])
         else:
             trainer = Trainer(load_config(cfg_name, overrides), rd)
+        trainer.resume_command = resume_hint  # a matrix resumes itself: every stop message names the bench
         trainer.train()
-    except TrainingInterrupted as e:  # the trainer's hint names `pcpo train --resume`; a matrix resumes itself
-        if resume_hint:
-            raise TrainingInterrupted(f"{str(e).split('; continue with ')[0]} of {rd.name}; continue with "
-                                      f"{resume_hint}", e.signum, e.epoch) from None
-        raise
+    except TrainingInterrupted as e:  # say which cell stopped
+        raise TrainingInterrupted(f"{rd.name}: {e}", e.signum, e.epoch) from None
     finally:
         total = before + time.time() - t0
         if rd.is_dir():

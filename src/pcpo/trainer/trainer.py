@@ -114,6 +114,10 @@ class Trainer:
     _signals_active = False           # train() installed its SIGINT/SIGTERM handlers
     _saved_epoch: int | None = None   # the newest epoch with a checkpoint on disk (this run's)
     _epoch_rng = None                 # RNG states at the start of the epoch under way
+    #: what a stop message tells the user to run to continue (a backquoted command); ``None``: the trainer's
+    #: own `pcpo train --resume RUN_DIR` (or the launch command under torchrun). A caller that resumes the run
+    #: itself, such as ``pcpo bench``, sets its own command here.
+    resume_command: str | None = None
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, adapter: ModelAdapter | None = None,
                  reward_fn=None, _resuming: bool = False):
@@ -808,8 +812,8 @@ class Trainer:
     def _interrupted(self, stop: _Stop, done: int) -> None:
         """Checkpoint epoch ``done`` (the last completed one) unless saved or forced; raise TrainingInterrupted."""
         name = signal.Signals(stop.signum).name
-        resume = f"`pcpo train --resume {self.run_dir}`"
-        if self.dist.enabled:  # the same number of processes, with the launcher the run was started with
+        resume = self.resume_command or f"`pcpo train --resume {self.run_dir}`"
+        if self.dist.enabled and not self.resume_command:  # the same number of processes and launcher
             resume = (f"the same launch command ({self.dist.world_size} processes) running "
                       f"`train --resume {self.run_dir}`")
         if stop.forced:

@@ -359,6 +359,20 @@ def test_report_only_recomputes_the_decisions_from_committed_summaries(tmp_path,
     assert json.loads((out / "results.json").read_text())["comparisons"].keys() == res["comparisons"].keys()
     assert bench.main(["--report-only", "--out", str(tmp_path / "empty")]) == 2
     assert "--report-only" in capsys.readouterr().err
+    assert not any(c["interim"] for c in res["comparisons"].values())
+    assert "Interim" not in md
+    # a matrix still running: a comparison without all its pre-registered seeds is labelled interim, not decided
+    bench.summary_path(out, "ddpo", "pcpo", 14).unlink()
+    assert bench.main(["--report-only", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    interim = {k for k, c in res["comparisons"].items() if c["interim"]}
+    assert interim == {"ddpo/pcpo-vs-clipped"} and res["comparisons"]["ddpo/pcpo-vs-clipped"]["n"] == 4
+    assert res["cells"] == {"planned": 35, "present": 34}
+    md = (out / "results.md").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| ddpo/pcpo-vs-clipped |"))
+    label = res["comparisons"]["ddpo/pcpo-vs-clipped"]["primary"]["label"]
+    assert f"| interim, 4 of 5 seeds: {label} |" in row and "**" not in row
+    assert "**Interim: 1 of 4 comparisons" in md and f"**{labels[('ddpo', 'bad')]}**" in md
 
 
 def _micro_arms_bench(tmp_path):

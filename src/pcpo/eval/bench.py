@@ -851,8 +851,12 @@ def _comparison(spec: BenchSpec, fw: str, arm: str, ref: str, done: dict) -> dic
     pair_cost = (sum(x + y for x, y in costs) / len(costs)
                  if costs and all(x is not None and y is not None for x, y in costs) else None)
     need = decision["seeds_needed"]
+    planned = sorted(set(spec.seeds_for(fw, arm)) & set(spec.seeds_for(fw, ref)))
     return {
         "framework": fw, "arm": arm, "reference": ref, "seeds": seeds, "n": len(seeds),
+        # the protocol reads a decision once every pre-registered seed of both arms has finished (no optional
+        # stopping); before that the labels are for monitoring only
+        "planned_seeds": len(planned), "interim": not set(planned) <= set(seeds),
         "primary": decision, "mean_gain_diff_per_seed": d_gain, "p": stats.paired_t_pvalue(d_gain),
         "epochs_saved_per_seed": [b - a for a, b in zip(ett_a, ett_b)],
         "epochs_saved": stats.t_interval([b - a for a, b in zip(ett_a, ett_b)]),
@@ -1177,18 +1181,26 @@ def results_markdown(results: dict, spec: BenchSpec) -> str:
                   "gain)", "",
                   "Primary metric: mean held-out gain over the run, paired by seed (arm − reference), "
                   f"{100 * spec.confidence:.0f} % t-interval; in % of the reference arm's mean gain. "
-                  "p: paired t-test (Holm-adjusted over the primary comparisons, marked *).", "",
-                  "| comparison | seeds | Δ mean gain ↑ | in % of reference ↑ | p | decision | epochs to target "
+                  "p: paired t-test (Holm-adjusted over the primary comparisons, marked *).", ""]
+        interim = [c for c in comps.values() if c.get("interim")]
+        if interim:
+            lines += [f"**Interim: {len(interim)} of {len(comps)} comparisons lack some of their pre-registered "
+                      "seeds.** Their labels (marked \"interim\", not bold) are for monitoring only: a decision "
+                      "is read once every seed of both arms has finished, and adding or dropping seeds on seeing "
+                      "them would be optional stopping.", ""]
+        lines += ["| comparison | seeds | Δ mean gain ↑ | in % of reference ↑ | p | decision | epochs to target "
                   "(speed-up ↑) | wall-clock to target (speed-up ↑) | passes to target (speed-up ↑) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, c in comps.items():
             d = c["primary"]
+            verdict = (f"interim, {c['n']} of {c['planned_seeds']} seeds: {d['label']}" if c.get("interim")
+                       else f"**{d['label']}**")
             rel = d.get("relative")
             rel_s = f"{rel[0]:+.0f} % [{rel[1]:+.0f}, {rel[2]:+.0f}]" if rel else "–"
             p = c.get("p_holm", c["p"])
             p_s = _num(p, "{:.2g}") + (" *" if c.get("is_primary") else "")
             lines.append(f"| {name} | {c['n']} | {_ci((d['mean'], d['low'], d['high']))} | {rel_s} | {p_s} | "
-                         f"**{d['label']}** | {_pct(c['speedup_epochs'])}: {c['speedup_epochs_decision']['label']} | "
+                         f"{verdict} | {_pct(c['speedup_epochs'])}: {c['speedup_epochs_decision']['label']} | "
                          f"{_pct(c['speedup_wallclock'])}: {c['speedup_wallclock_decision']['label']} | "
                          f"{_pct(c['speedup_passes'])}: {c['speedup_passes_decision']['label']} |")
         lines += ["", "Speed-ups: cost(reference)/cost(arm) − 1 to the target (censored runs count as the budget), "
@@ -1381,7 +1393,9 @@ def _print_summary(res: dict, spec: BenchSpec) -> None:
             t.add_column(c)
         for name, c in res["comparisons"].items():
             d = c["primary"]
-            t.add_row(name, str(c["n"]), _ci((d["mean"], d["low"], d["high"])), d["label"],
+            t.add_row(name, f"{c['n']} of {c['planned_seeds']}" if c.get("interim") else str(c["n"]),
+                      _ci((d["mean"], d["low"], d["high"])),
+                      ("interim: " if c.get("interim") else "") + d["label"],
                       _num(d["seeds_needed"], "{}"))
         Console(width=120).print(t)
 

@@ -360,6 +360,13 @@ def test_report_only_recomputes_the_decisions_from_committed_summaries(tmp_path,
     assert bench.main(["--report-only", "--out", str(tmp_path / "empty")]) == 2
     assert "--report-only" in capsys.readouterr().err
     assert not any(c["interim"] for c in res["comparisons"].values())
+    # compute by arm: one core per run; without wall times a run costs its epochs' training seconds
+    cba = res["compute_by_arm"]
+    assert cba["ddpo"]["pcpo"] == {"planned": 5, "finished": 5, "core_h": pytest.approx(5 * E * 1.0 / 3600),
+                                   "core_min_per_run": pytest.approx(E * 1.0 / 60), "training_share": 1.0,
+                                   "missing": 0, "core_h_missing": 0.0}
+    assert cba["_total"]["core_h"] == pytest.approx((4 * 5 * E * 2.0 + 3 * 5 * E * 1.0) / 3600)
+    assert "| ddpo | bad | 5 of 5 | " in md
     assert "Interim" not in md
     # a matrix still running: a comparison without all its pre-registered seeds is labelled interim, not decided
     bench.summary_path(out, "ddpo", "pcpo", 14).unlink()
@@ -373,6 +380,10 @@ def test_report_only_recomputes_the_decisions_from_committed_summaries(tmp_path,
     label = res["comparisons"]["ddpo/pcpo-vs-clipped"]["primary"]["label"]
     assert f"| interim, 4 of 5 seeds: {label} |" in row and "**" not in row
     assert "**Interim: 1 of 4 comparisons" in md and f"**{labels[('ddpo', 'bad')]}**" in md
+    c = res["compute_by_arm"]["ddpo"]["pcpo"]
+    assert (c["finished"], c["missing"]) == (4, 1) and c["core_h_missing"] == pytest.approx(E * 1.0 / 3600)
+    assert res["compute_by_arm"]["_total"]["core_h_missing"] == pytest.approx(E * 1.0 / 3600)
+    assert "| ddpo | pcpo | 4 of 5 | " in md
 
 
 def _micro_arms_bench(tmp_path):

@@ -954,6 +954,7 @@ def report(spec: BenchSpec, out: Path, summaries: dict, command: str | None = No
         results["comparisons"][k]["p_holm"] = p
         results["comparisons"][k]["is_primary"] = True
     results["compute"] = _compute_table(spec, results)
+    results["compute_by_arm"] = _compute_by_arm(spec, metrics)
     if spec.sensitivity:
         results["sensitivity"] = _sensitivity(spec, summaries, metrics)
     results["plots"] = _plots(spec, out, curves, train_curves, clip_mats, zg_mats, credit_tables, results)
@@ -1008,6 +1009,40 @@ def _compute_table(spec: BenchSpec, results: dict) -> dict:
             "pair_cost_s": c["pair_cost_s"], "compute_needed_core_h": c["compute_needed_core_h"],
             "compute_extra_core_h": c["compute_extra_core_h"],
         }
+    return out
+
+
+def _compute_by_arm(spec: BenchSpec, metrics: dict) -> dict:
+    """Core-hours each arm took (one core per run: a run's wall time over every session that trained it), and what
+    its missing runs would take at the arm's mean cost per run so far."""
+    out: dict = {}
+    total_spent = total_left = 0.0
+    unknown = 0
+    for fw in spec.frameworks:
+        out[fw] = {}
+        for arm in spec.arms_for(fw):
+            seeds = spec.seeds_for(fw, arm)
+            done = [metrics[(fw, arm, sd)] for sd in seeds
+                    if (fw, arm, sd) in metrics and not metrics[(fw, arm, sd)]["incomplete"]]
+            costs = [c for m in done if (c := run_cost_s(m)) is not None]
+            train = [m["time_total_s"] for m in done if m.get("time_total_s") is not None]
+            per_run = sum(costs) / len(costs) if costs else None
+            missing = len(seeds) - len(done)
+            left = missing * per_run / 3600 if per_run is not None else (0.0 if not missing else None)
+            spent = sum(costs) / 3600
+            out[fw][arm] = {
+                "planned": len(seeds), "finished": len(done), "core_h": spent,
+                "core_min_per_run": per_run / 60 if per_run is not None else None,
+                "training_share": (sum(train) / sum(costs)
+                                   if costs and len(train) == len(costs) and sum(costs) > 0 else None),
+                "missing": missing, "core_h_missing": left,
+            }
+            total_spent += spent
+            if left is None:
+                unknown += missing
+            else:
+                total_left += left
+    out["_total"] = {"core_h": total_spent, "core_h_missing": total_left, "missing_without_estimate": unknown}
     return out
 
 
@@ -1219,6 +1254,27 @@ def results_markdown(results: dict, spec: BenchSpec) -> str:
                          f"{_num(c['pair_cost_s'] / 3600 if c['pair_cost_s'] else None, '{:.2f}')} | "
                          f"{_num(c['compute_extra_core_h'], '{:.1f}')} |")
         lines.append("")
+    cba = results.get("compute_by_arm") or {}
+    if any(k != "_total" for k in cba):
+        tot = cba["_total"]
+        lines += ["## Compute each arm took", "",
+                  "One core per run: a run's cost is its wall time over every session that trained it (training and "
+                  "evaluation); the missing runs are priced at the arm's mean cost per finished run.", "",
+                  "| framework | arm | runs finished | core-hours | core-minutes per run | training share | "
+                  "runs missing | core-hours for the missing runs |", "|---|---|---|---|---|---|---|---|"]
+        for fw, arms in cba.items():
+            if fw == "_total":
+                continue
+            for arm, c in arms.items():
+                share = c["training_share"]
+                lines.append(f"| {fw} | {arm} | {c['finished']} of {c['planned']} | {c['core_h']:.2f} | "
+                             f"{_num(c['core_min_per_run'], '{:.1f}')} | "
+                             f"{f'{100 * share:.0f} %' if share is not None else '–'} | {c['missing']} | "
+                             f"{_num(c['core_h_missing'], '{:.1f}')} |")
+        unk = tot["missing_without_estimate"]
+        lines += ["", f"Spent: {tot['core_h']:.1f} core-hours. Missing runs: {tot['core_h_missing']:.1f} core-hours "
+                  "more" + (f", plus {unk} runs of arms with no finished run yet to price them" if unk else "")
+                  + ".", ""]
     lines += ["## Per arm: epochs to target (mean [95 % t-interval] over seeds)", "", f"({figures.DIRECTION_LEGEND})", "",
               "| framework | arm | n | epochs to target ↓ | censored | final held-out reward ↑ | mean gain over run ↑ | "
               "wall-clock to target (s) ↓ | s/epoch ↓ | mean clip frac | mean zero-grad frac |",

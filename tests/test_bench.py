@@ -469,6 +469,91 @@ def test_commit_commits_each_summary_and_nothing_else(tmp_path, monkeypatch, cap
     assert "not inside a git work tree" in capsys.readouterr().err
 
 
+def _git_identity(monkeypatch, tmp_path):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        monkeypatch.setenv(k, "bench test")
+    for k in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.setenv(k, "bench@example.invalid")
+
+
+def _commit(repo, msg, *files):
+    _git(repo, "add", "--", *files)
+    _git(repo, "commit", "-q", "-m", msg, "--", *files)
+    return _git(repo, "rev-parse", "HEAD").strip()
+
+
+def test_provenance_reads_the_registration_and_amendments_from_git(tmp_path, monkeypatch, capsys):
+    """The report's provenance: the protocol's last commit before the first result is the registration, earlier
+    ones are drafts, later ones amendments with the summaries already committed when they landed."""
+    from pcpo.eval.provenance import protocol_provenance
+
+    _git_identity(monkeypatch, tmp_path)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "config", "commit.gpgsign", "false")
+    proto = repo / "PROTOCOL.md"
+    out = repo / "bench"
+    cfg = _synthetic_bench(tmp_path)
+    spec = bench.load_bench_spec(str(cfg))
+    out.mkdir()
+    (out / "bench.json").write_text(json.dumps(bench.spec_dict(spec)))
+
+    def summary(fw, arm, seed):
+        path = bench.summary_path(out, fw, arm, seed)
+        bench.write_summary(path, _synthetic_summary(fw, arm, seed, 0.01, 1.0))
+        return str(path.relative_to(repo))
+
+    proto.write_text("draft\n")
+    _commit(repo, "protocol draft", "PROTOCOL.md")
+    proto.write_text("final\n")
+    registered = _commit(repo, "protocol registered", "PROTOCOL.md", "bench/bench.json")
+    first = summary("flowgrpo", "clipped", 10)
+    _commit(repo, "result 1", first)
+    proto.write_text("final\n\namendment 1\n")
+    amended = _commit(repo, "amendment 1", "PROTOCOL.md")
+    second = summary("ddpo", "pcpo", 10)
+    _commit(repo, "result 2", second)
+    loose = summary("ddpo", "clipped", 10)  # written, not committed
+    p = protocol_provenance(out, [proto, out / "bench.json"])
+    assert p["registered"]["commit"] == registered and p["drafts"] == 1 and p["ok"]
+    assert [(a["commit"], a["summaries_before"]) for a in p["amendments"]] == [(amended, {"flowgrpo": 1})]
+    assert p["summaries"] == 3 and p["committed_after_registration"] == 2
+    assert p["committed_before_registration"] == [] and p["uncommitted"] == [loose]
+    # through the CLI: the report's Provenance section
+    assert bench.main(["--report-only", "--out", str(out), "--protocol", f"{proto},{out / 'bench.json'}"]) == 0
+    md = (out / "results.md").read_text()
+    assert f"as registered: {registered[:7]}" in md and "(1 earlier draft commits)" in md
+    assert f"| {amended[:7]} |" in md and "| flowgrpo 1 | amendment 1 |" in md
+    assert f"not committed: `{loose}`" in md
+    assert json.loads((out / "results.json").read_text())["provenance"]["ok"] is True
+    # a protocol written after the first result is no pre-registration
+    repo2 = tmp_path / "late"
+    repo2.mkdir()
+    _git(repo2, "init", "-q")
+    _git(repo2, "config", "commit.gpgsign", "false")
+    out2 = repo2 / "bench"
+    path = bench.summary_path(out2, "flowgrpo", "pcpo", 1)
+    bench.write_summary(path, _synthetic_summary("flowgrpo", "pcpo", 1, 0.01, 1.0))
+    _commit(repo2, "result first", str(path.relative_to(repo2)))
+    (repo2 / "PROTOCOL.md").write_text("written afterwards\n")
+    _commit(repo2, "protocol later", "PROTOCOL.md")
+    late = protocol_provenance(out2, [repo2 / "PROTOCOL.md"])
+    assert late["registered"] is None and not late["ok"] and len(late["amendments"]) == 1
+    from pcpo.eval.provenance import provenance_markdown
+
+    assert "it is not a pre-registration" in "\n".join(provenance_markdown(late))
+    # bad input: one line naming --protocol, before anything is read
+    capsys.readouterr()
+    assert bench.main(["--report-only", "--out", str(out), "--protocol", str(repo / "MISSING.md")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--protocol" in err and "MISSING.md does not exist" in err and len(err.splitlines()) == 1
+    (repo / "NEW.md").write_text("never committed\n")
+    with pytest.raises(ValueError, match="has no commit yet"):
+        protocol_provenance(out, [repo / "NEW.md"])
+
+
 # ---------------------------------------------------------------------------- power and the decisive bench file
 
 def _power_module():

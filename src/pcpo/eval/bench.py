@@ -808,9 +808,10 @@ def collect_summaries(spec: BenchSpec, out: Path, work: Path | None = None, from
 # ---------------------------------------------------------------------------- the report
 
 def aggregate(spec: BenchSpec, out: Path, command: str | None = None, work: Path | None = None,
-              from_runs: bool = True) -> dict:
+              from_runs: bool = True, provenance: dict | None = None) -> dict:
     """Collect the summaries (and, with ``from_runs``, running run directories) and write the report."""
-    return report(spec, out, collect_summaries(spec, out, work=work, from_runs=from_runs), command=command)
+    return report(spec, out, collect_summaries(spec, out, work=work, from_runs=from_runs), command=command,
+                  provenance=provenance)
 
 
 def _comparison(spec: BenchSpec, fw: str, arm: str, ref: str, done: dict) -> dict | None:
@@ -876,8 +877,10 @@ def _comparison(spec: BenchSpec, fw: str, arm: str, ref: str, done: dict) -> dic
     }
 
 
-def report(spec: BenchSpec, out: Path, summaries: dict, command: str | None = None) -> dict:
-    """Every table, number and plot of the benchmark from per-run summaries; writes results.json/.md."""
+def report(spec: BenchSpec, out: Path, summaries: dict, command: str | None = None,
+           provenance: dict | None = None) -> dict:
+    """Every table, number and plot of the benchmark from per-run summaries; writes results.json/.md.
+    ``provenance``: :func:`pcpo.eval.provenance.protocol_provenance` of the pre-registration, if any."""
     import warnings
 
     import numpy as np
@@ -887,6 +890,8 @@ def report(spec: BenchSpec, out: Path, summaries: dict, command: str | None = No
     results: dict = {"spec": {k: getattr(spec, k) for k in spec.__dataclass_fields__},
                      "command": command or _read_command(out), "runs": [], "summary": {}, "comparisons": {},
                      "cells": {"planned": len(spec.cells()), "present": len(summaries)}}
+    if provenance is not None:
+        results["provenance"] = provenance
     metrics = {}
     for key in spec.cells():
         if key in summaries:
@@ -1210,6 +1215,10 @@ def results_markdown(results: dict, spec: BenchSpec) -> str:
         lines.append("")
     if spec.notes:
         lines += [spec.notes.strip(), ""]
+    if results.get("provenance"):
+        from .provenance import provenance_markdown
+
+        lines += provenance_markdown(results["provenance"])
     comps = results.get("comparisons") or {}
     if comps:
         lines += [f"## Decisions (pre-registered rule, margin δ = {100 * spec.margin:.0f} % of the reference's mean "
@@ -1385,6 +1394,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="rebuild every table, number and plot from OUT/summaries alone (no run directories)")
     p.add_argument("--commit", action="store_true",
                    help="git add + commit each run's summary as soon as it is written (explicit paths only)")
+    p.add_argument("--protocol", action="append", default=[], metavar="FILE",
+                   help="a pre-registration file (repeatable or comma list, e.g. PROTOCOL.md and the bench file): "
+                        "the report's Provenance section checks from git that it was committed before every "
+                        "summary and lists its later amendments with the summaries already committed then")
 
 
 def run_bench(args) -> int:
@@ -1415,15 +1428,25 @@ def run_bench(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # the command line as typed, when this process is `pcpo bench ...` (not a caller of main(argv))
     cmd = "pcpo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
+    protocol = [f for a in getattr(args, "protocol", None) or [] for f in a.split(",") if f]
+    prov = None
+    if protocol:  # checked before any run: a wrong path is a one-line error, not a lost matrix
+        from .provenance import protocol_provenance
+
+        prov = protocol_provenance(out, protocol)
     if report_only:
-        res = report(spec, out, collect_summaries(spec, out, from_runs=False))
+        res = report(spec, out, collect_summaries(spec, out, from_runs=False), provenance=prov)
     else:
         if cmd and not (out / "command.txt").is_file():
             (out / "command.txt").write_text(cmd + "\n")
         if not args.aggregate_only:
             run_matrix(spec, out, resume=args.resume, work=work, commit=getattr(args, "commit", False),
                        settings=settings)
-        res = aggregate(spec, out, work=work)
+        if protocol:  # summaries committed by this run
+            from .provenance import protocol_provenance
+
+            prov = protocol_provenance(out, protocol)
+        res = aggregate(spec, out, work=work, provenance=prov)
     _print_summary(res, spec)
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}", flush=True)
     return 0

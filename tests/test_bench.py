@@ -350,7 +350,7 @@ def test_report_only_recomputes_the_decisions_from_committed_summaries(tmp_path,
     for lab in labels.values():
         assert f"**{lab}**" in md
     assert "| ddpo | bad | 5 |" in md and "](primary_forest.png)" in md
-    for png in ("reward_curves.png", "zero_grad_heatmaps.png", "primary_forest.png"):
+    for png in ("reward_curves.png", "zero_grad_heatmaps.png", "primary_forest.png", "time_to_target.png"):
         assert (out / png).stat().st_size > 1000, png
     assert "undecided at this budget" in capsys.readouterr().out
     # the same report from an explicit bench file; without either, one line naming the fix

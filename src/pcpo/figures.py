@@ -251,6 +251,46 @@ def fig_bench_step_profile(mats: dict, ylabel: str = "clip fraction (mean over e
     return fig
 
 
+def fig_bench_time_to_target(rows: dict, budget: int, passes: bool = True):
+    """``rows[framework][arm] = {"epochs": (m, lo, hi), "wall_s": (m, lo, hi) | None, "passes": ... | None,
+    "censored": k, "n": n}``: mean and 95 % interval over seeds of the cost to the target, one panel per framework
+    and cost (epochs, wall-clock minutes, model passes); censored runs count as the budget (marked)."""
+    fws = list(rows)
+    kinds = [("epochs", "epochs to target", 1.0), ("wall_s", "wall-clock to target (min, training only)", 60.0)]
+    if passes:
+        kinds.append(("passes", "model passes to target (thousands)", 1000.0))
+    height = sum(0.26 * len(r) + 1.1 for r in rows.values()) + 0.5
+    fig, axes = plt.subplots(len(fws), len(kinds), figsize=(4.4 * len(kinds), height), squeeze=False,
+                             gridspec_kw={"height_ratios": [len(rows[fw]) + 2 for fw in fws]})
+    for i, fw in enumerate(fws):
+        arms = list(rows[fw])
+        for j, (key, label, div) in enumerate(kinds):
+            ax = axes[i][j]
+            for y, arm in enumerate(reversed(arms)):
+                r = rows[fw][arm]
+                v = r.get(key)
+                if not v or v[0] is None:
+                    continue
+                m = v[0] / div
+                lo, hi = (x / div if x is not None and math.isfinite(x) else m for x in v[1:3])  # n=1: no interval
+                style = OBJECTIVE_STYLE.get(arm, {"label": arm})
+                ax.plot([lo, hi], [y, y], color=style.get("color", "#444444"), lw=2)
+                ax.plot([m], [y], "o", color=style.get("color", "#444444"), ms=4)
+                if r.get("censored"):
+                    ax.annotate(f"{r['censored']}/{r['n']} censored", (hi, y), xytext=(4, -3),
+                                textcoords="offset points", fontsize=6, color="#7f7f7f")
+            if key == "epochs":
+                ax.axvline(budget, color="k", ls=":", lw=1)
+            ax.set_yticks(range(len(arms)), list(reversed(arms)), fontsize=7)
+            ax.set_xlabel(label, fontsize=8)
+            ax.grid(alpha=0.3, axis="x")
+            ax.set_title(fw, fontsize=9)
+    fig.suptitle("cost to the target: mean and 95 % t-interval over seeds (lower is better; dotted: the epoch "
+                 "budget)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 # ---- image grids ----------------------------------------------------------------------------------
 
 def to_pil(img: torch.Tensor) -> Image.Image:

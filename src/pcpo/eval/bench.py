@@ -1123,6 +1123,19 @@ def _plots(spec, out, curves, train_curves, clip_mats, zg_mats, credit_tables, r
         fig = figures.fig_bench_credit({FRAMEWORK_LABELS.get(k, k): v for k, v in credit_tables.items()})
         (out / "credit.png").write_bytes(figures.to_png(fig, dpi=80))
         plots["credit"] = "credit.png"
+    ttt = {}
+    for fw, summ in results["summary"].items():
+        arms = {arm: summ[arm] for arm in spec.arms_for(fw) if isinstance(summ.get(arm), dict)}
+        if arms:
+            ttt[FRAMEWORK_LABELS.get(fw, fw)] = {arm: {
+                "epochs": (s["ett_mean"], *s["ett_ci"]), "wall_s": s.get("time_to_target_s"),
+                "passes": s.get("passes_to_target"), "censored": s["censored"], "n": s["n"]}
+                for arm, s in arms.items()}
+    if ttt:
+        has_passes = any(r.get("passes") for v in ttt.values() for r in v.values())
+        fig = figures.fig_bench_time_to_target(ttt, spec.epochs, passes=has_passes)
+        (out / "time_to_target.png").write_bytes(figures.to_png(fig, dpi=80))
+        plots["time_to_target"] = "time_to_target.png"
     rows = [(k, c["primary"]) for k, c in results["comparisons"].items() if c["primary"].get("relative")]
     if rows:
         (out / "primary_forest.png").write_bytes(figures.to_png(_fig_forest(rows, spec.margin), dpi=80))

@@ -437,6 +437,41 @@ def test_resume_skips_cells_with_finished_summaries(tmp_path, capsys):
     assert "recorded with other settings" in err and str(path) in err
 
 
+def test_time_budget_starts_only_runs_expected_to_finish(tmp_path, capsys):
+    """--time-budget: a run expected (from its arm's finished runs) to outlast the budget is not started, nor
+    any after it; the command ends cleanly and says how to go on; a budget that fits runs them."""
+    cfg = _micro_arms_bench(tmp_path)
+    out, work = tmp_path / "out", tmp_path / "work"
+    spec = bench.load_bench_spec(str(cfg))
+    for fw, arm, seed in spec.cells()[:2]:  # seed 5 of both arms finished elsewhere, one hour each
+        name, ov = bench.run_overrides(spec, fw, arm, seed)
+        s = _synthetic_summary(fw, arm, seed, 0.01, 1.0)
+        s.update(config=name, overrides=ov, epochs=1, epochs_done=1, records=s["records"][:2], wall_s=3600.0)
+        bench.write_summary(bench.summary_path(out, fw, arm, seed), s)
+    args = ["--config", str(cfg), "--out", str(out), "--work", str(work), "--resume"]
+    for workers in ("1", "2"):
+        assert bench.main(args + ["--time-budget", "30m", "--workers", workers]) == 0
+        log = capsys.readouterr().out
+        assert "flowgrpo-clipped-s6: not started: expected 60 min, 30 min of the time budget left" in log
+        assert "time budget: 0 runs finished, 2 not started; rerun" in log and "--resume" in log
+        assert not (work / "runs").exists() or not any((work / "runs").iterdir())
+    assert bench.main(args + ["--time-budget", "1h30m"]) == 0
+    assert "not started" not in capsys.readouterr().out
+    assert bench.summary_path(out, "flowgrpo", "pcpo", 6).is_file()
+    # durations; a resumed run needs only the epochs after its newest checkpoint
+    assert [bench.parse_duration(t) for t in ("2h30m", "90m", "1.5h", "45s", "1h 5s")] == [9000, 5400, 5400, 45, 3605]
+    for bad in ("90", "2 hours", "", "h"):
+        with pytest.raises(ValueError, match="--time-budget: .* is not a duration"):
+            bench.parse_duration(bad)
+    rd = tmp_path / "rd"
+    for e in (5, 10):
+        (rd / "checkpoints" / f"epoch-{e:06d}").mkdir(parents=True)
+    (rd / "checkpoints" / "epoch-000015.tmp").mkdir()
+    assert bench._checkpoint_epoch(rd) == 10 and bench._checkpoint_epoch(tmp_path / "none") == 0
+    assert bench.main(["--config", str(cfg), "--out", str(tmp_path / "o2"), "--time-budget", "soon"]) == 2
+    assert capsys.readouterr().err.strip().endswith("use e.g. 2h30m, 90m or 1.5h")
+
+
 def _git(repo, *args):
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
 

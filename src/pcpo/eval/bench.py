@@ -528,12 +528,50 @@ def commit_paths(paths: list[Path], message: str, log=print, retries: int = 20) 
 
 # ---------------------------------------------------------------------------- running the matrix
 
+def parse_duration(text: str) -> float:
+    """Seconds of ``2h30m``, ``90m``, ``1.5h``, ``45s`` (units required); ValueError naming --time-budget."""
+    import re
+
+    t = str(text).strip().lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", t)
+    if not t or "".join(a + u for a, u in parts) != t:
+        raise ValueError(f"--time-budget: {text!r} is not a duration; use e.g. 2h30m, 90m or 1.5h")
+    return sum(float(a) * {"h": 3600, "m": 60, "s": 1}[u] for a, u in parts)
+
+
+def _checkpoint_epoch(rd: Path) -> int:
+    """The newest checkpoint's epoch of a run directory (0 if none): where a resumed run starts."""
+    eps = [int(p.name.split("-")[1]) for p in (rd / "checkpoints").glob("epoch-*")
+           if p.is_dir() and p.name.split("-")[1].isdigit()] if (rd / "checkpoints").is_dir() else []
+    return max(eps, default=0)
+
+
+def _cost_estimates(out: Path, spec: BenchSpec) -> dict:
+    """{(framework, arm): mean wall seconds of its finished runs, (framework, None): of any arm} from the summaries."""
+    walls: dict = {}
+    for fw, arm, seed in spec.cells():
+        sp = summary_path(out, fw, arm, seed)
+        if sp.is_file():
+            s = load_summary(sp)
+            if _summary_finished(s, spec.epochs) and s.get("wall_s"):
+                walls.setdefault((fw, arm), []).append(float(s["wall_s"]))
+                walls.setdefault((fw, None), []).append(float(s["wall_s"]))
+    return {k: sum(v) / len(v) for k, v in walls.items()}
+
+
 def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work: Path | None = None,
-               commit: bool = False, settings: BenchSpec | None = None) -> None:
+               commit: bool = False, settings: BenchSpec | None = None, time_budget_s: float | None = None) -> None:
     """Train (or resume) every cell of ``spec``. ``settings``: what ``OUT/bench.json`` records for
     ``--report-only`` (default ``spec``); a run restricted with --frameworks / --arms passes the whole matrix,
-    so that the report always covers every pre-registered cell ("k of N runs present")."""
+    so that the report always covers every pre-registered cell ("k of N runs present").
+
+    ``time_budget_s``: start no run, in the matrix's order, that is not expected to finish within that many
+    seconds of this call (expected: the mean wall time of the arm's finished runs, else of the framework's, scaled
+    by the epochs left after the run's newest checkpoint; a run with no estimate is started); the runs in flight
+    finish and the call returns, so a session's end loses no partial run. Rerunning continues the matrix."""
     from ..trainer.config import load_config
+
+    t_start = time.time()
 
     out = Path(out)
     work = Path(work) if work is not None else out
@@ -590,14 +628,49 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
 
     command = (out / "command.txt").read_text().strip() if (out / "command.txt").is_file() else "the same pcpo bench command"
     hint = f"`{command}`" + ("" if "--resume" in command else " plus --resume")
+    estimates = _cost_estimates(out, spec) if time_budget_s is not None else {}
+    held: list = []  # cells the time budget kept from starting (the first one and everything after it)
+
+    def fits(item) -> bool:
+        """Whether the cell may start within the time budget (once one does not, none after it does)."""
+        if time_budget_s is None:
+            return True
+        if held:
+            held.append(item)
+            return False
+        tag, fw, arm, _seed, _cfg, _ov, rd = item
+        full = estimates.get((fw, arm), estimates.get((fw, None)))
+        if full is None:
+            return True
+        need = full * (1 - _checkpoint_epoch(rd) / spec.epochs)
+        left = t_start + time_budget_s - time.time()
+        if need <= left:
+            return True
+        log(f"{tag}: not started: expected {need / 60:.0f} min, {max(left, 0) / 60:.0f} min of the time budget "
+            "left")
+        held.append(item)
+        return False
+
+    def budget_note(finished: int) -> None:
+        if held:
+            log(f"time budget: {finished} runs finished, {len(held)} not started; rerun {hint} to go on")
+
     if spec.workers == 1:
-        for tag, fw, arm, seed, cfg_name, ov, rd in todo:
+        n_done = 0
+        for item in todo:
+            if not fits(item):
+                continue
+            tag, fw, arm, seed, cfg_name, ov, rd = item
             log(f"{tag}: " + ("resuming" if (rd / "config.yaml").is_file()
                               else f"config {cfg_name or 'default (+ published settings)'}"))
             wall = _train_cell(cfg_name, ov, str(rd), spec.epochs, tuple(spec.imports), hint)
             log(f"{tag}: done in {wall:.0f}s")
             finish(fw, arm, seed, cfg_name, ov, rd, wall, tag)
+            estimates.setdefault((fw, arm), wall)
+            estimates.setdefault((fw, None), wall)
+            n_done += 1
             after_run(tag)
+        budget_note(n_done)
         return
     # several runs at once, one process each (spawned: no forked torch/OpenMP state); summaries are written
     # (and committed) here, one at a time; a failed run stops the matrix after the runs in flight finish,
@@ -610,9 +683,12 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
         pending = {}
         queue = list(todo)
         failed = None
+        n_done = 0
         while queue or pending:
             while queue and len(pending) < spec.workers and failed is None:
                 item = queue.pop(0)
+                if not fits(item):
+                    continue
                 tag, _fw, _arm, _seed, cfg_name, ov, rd = item
                 log(f"{tag}: started" + (" (resuming)" if (rd / "config.yaml").is_file() else ""))
                 pending[pool.submit(_train_cell, cfg_name, ov, str(rd), spec.epochs, tuple(spec.imports),
@@ -626,12 +702,16 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
                     wall = fut.result()
                     log(f"{tag}: done in {wall:.0f}s")
                     finish(fw, arm, seed, cfg_name, ov, rd, wall, tag)
+                    estimates.setdefault((fw, arm), wall)
+                    estimates.setdefault((fw, None), wall)
+                    n_done += 1
                 except Exception as e:  # noqa: BLE001 - reported, then re-raised once the pool drains
                     log(f"{tag}: failed ({type(e).__name__}: {e})")
                     failed = failed or e
                 after_run(tag)
         if failed is not None:
             raise failed
+        budget_note(n_done)
 
 
 def _run_imports(imports: list[str]) -> None:
@@ -1407,6 +1487,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="rebuild every table, number and plot from OUT/summaries alone (no run directories)")
     p.add_argument("--commit", action="store_true",
                    help="git add + commit each run's summary as soon as it is written (explicit paths only)")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="e.g. 2h30m, 90m: start no run that is not expected to finish within this time (the arm's "
+                        "mean wall time so far, scaled by the epochs left after its checkpoint); the runs in flight "
+                        "finish and the command ends, so a session's end loses no partial run")
     p.add_argument("--protocol", action="append", default=[], metavar="FILE",
                    help="a pre-registration file (repeatable or comma list, e.g. PROTOCOL.md and the bench file): "
                         "the report's Provenance section checks from git that it was committed before every "
@@ -1441,6 +1525,8 @@ def run_bench(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # the command line as typed, when this process is `pcpo bench ...` (not a caller of main(argv))
     cmd = "pcpo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
+    budget = getattr(args, "time_budget", None)
+    budget_s = parse_duration(budget) if budget is not None else None
     protocol = [f for a in getattr(args, "protocol", None) or [] for f in a.split(",") if f]
     prov = None
     if protocol:  # checked before any run: a wrong path is a one-line error, not a lost matrix
@@ -1454,7 +1540,7 @@ def run_bench(args) -> int:
             (out / "command.txt").write_text(cmd + "\n")
         if not args.aggregate_only:
             run_matrix(spec, out, resume=args.resume, work=work, commit=getattr(args, "commit", False),
-                       settings=settings)
+                       settings=settings, time_budget_s=budget_s)
         if protocol:  # summaries committed by this run
             from .provenance import protocol_provenance
 

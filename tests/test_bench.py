@@ -193,7 +193,9 @@ def test_bench_imports_and_workers_are_checked(tmp_path):
 # ---------------------------------------------------------------------------- arms, summaries, report-only
 
 import math  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -470,6 +472,51 @@ def test_time_budget_starts_only_runs_expected_to_finish(tmp_path, capsys):
     assert bench._checkpoint_epoch(rd) == 10 and bench._checkpoint_epoch(tmp_path / "none") == 0
     assert bench.main(["--config", str(cfg), "--out", str(tmp_path / "o2"), "--time-budget", "soon"]) == 2
     assert capsys.readouterr().err.strip().endswith("use e.g. 2h30m, 90m or 1.5h")
+
+
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_stops_parallel_runs_with_checkpoints_and_one_line(tmp_path, signame, code):
+    """A signal to `pcpo bench --workers 2` reaches each run once: both checkpoint the epoch they were in, no new
+    run starts, no worker outlives the matrix, and one stderr line names the runs and the command to go on."""
+    import signal
+    import uuid
+
+    cfg = _micro_arms_bench(tmp_path)
+    spec = yaml.safe_load(cfg.read_text())
+    spec["imports"] = ["micro:register"]  # the micro families, in the matrix's process and its workers
+    cfg.write_text(yaml.safe_dump(spec))
+    out, work = tmp_path / "out", tmp_path / "work"
+    mark = uuid.uuid4().hex
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PCPO_TEST_MARK": mark, "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "pcpo.cli", "bench", "--config", str(cfg), "--out", str(out), "--work", str(work),
+           "--workers", "2", "--epochs", "400", "--set", "threads=1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = [work / "runs" / n for n in ("flowgrpo-clipped-s5", "flowgrpo-pcpo-s5")]
+    deadline = time.time() + 120
+    while time.time() < deadline and not all((r / "metrics.jsonl").is_file() and
+                                             len((r / "metrics.jsonl").read_text().splitlines()) >= 3 for r in runs):
+        time.sleep(0.2)
+    proc.send_signal(getattr(signal, signame))  # the matrix's process only, as `kill PID` or a scheduler would
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"pcpo bench: stopped by {signame} (flowgrpo-clipped-s5 saved at epoch ")
+    assert "flowgrpo-pcpo-s5 saved at epoch " in lines[0] and "; continue with `" in lines[0]
+    for r in runs:  # each run saved the last epoch it logged
+        last = json.loads((r / "metrics.jsonl").read_text().splitlines()[-1])["epoch"]
+        assert 2 <= last < 400 and f"saved at epoch {last}" in lines[0]
+        assert (r / "checkpoints" / f"epoch-{last:06d}").is_dir() and (r / "bench_wall.json").is_file()
+    assert sorted(p.name for p in (work / "runs").iterdir()) == ["flowgrpo-clipped-s5", "flowgrpo-pcpo-s5"]
+    alive = []
+    for env_file in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark.encode() in env_file.read_bytes():
+                alive.append(env_file.parent.name)
+        except OSError:
+            pass
+    assert not alive, f"bench workers still alive: {alive}"
 
 
 def _git(repo, *args):

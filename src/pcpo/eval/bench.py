@@ -676,42 +676,89 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
     # (and committed) here, one at a time; a failed run stops the matrix after the runs in flight finish,
     # and --resume continues it
     import multiprocessing as mp
+    import signal
+    import threading
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    from ..trainer.trainer import TrainingInterrupted
+
     log(f"{len(todo)} runs on {spec.workers} workers (set threads=1 in the runs' overrides on a small CPU)")
-    with ProcessPoolExecutor(max_workers=spec.workers, mp_context=mp.get_context("spawn")) as pool:
-        pending = {}
-        queue = list(todo)
-        failed = None
-        n_done = 0
-        while queue or pending:
-            while queue and len(pending) < spec.workers and failed is None:
-                item = queue.pop(0)
-                if not fits(item):
-                    continue
-                tag, _fw, _arm, _seed, cfg_name, ov, rd = item
-                log(f"{tag}: started" + (" (resuming)" if (rd / "config.yaml").is_file() else ""))
-                pending[pool.submit(_train_cell, cfg_name, ov, str(rd), spec.epochs, tuple(spec.imports),
-                                    hint)] = item
-            if not pending:
-                break
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                tag, fw, arm, seed, cfg_name, ov, rd = pending.pop(fut)
+    # A stop signal reaches this process only (the workers have their own process groups, so a terminal's Ctrl-C
+    # is not delivered twice); it is passed on to the workers once, each run checkpoints and stops, no new run
+    # starts, and the matrix ends with one line naming the runs and how to go on. A second Ctrl-C is passed on
+    # too: the runs stop at once, without saving the epoch under way.
+    stop: dict = {"signum": None}
+    pool_ref: list = []
+
+    def on_signal(signum, frame) -> None:
+        first = stop["signum"] is None
+        stop["signum"] = stop["signum"] or signum
+        if first or signum == signal.SIGINT:
+            for proc in list(getattr(pool_ref[0], "_processes", {}).values()) if pool_ref else []:
                 try:
-                    wall = fut.result()
-                    log(f"{tag}: done in {wall:.0f}s")
-                    finish(fw, arm, seed, cfg_name, ov, rd, wall, tag)
-                    estimates.setdefault((fw, arm), wall)
-                    estimates.setdefault((fw, None), wall)
-                    n_done += 1
-                except Exception as e:  # noqa: BLE001 - reported, then re-raised once the pool drains
-                    log(f"{tag}: failed ({type(e).__name__}: {e})")
-                    failed = failed or e
-                after_run(tag)
-        if failed is not None:
-            raise failed
-        budget_note(n_done)
+                    os.kill(proc.pid, signum)
+                except (ProcessLookupError, AttributeError):
+                    pass
+
+    handlers = ({sg: signal.signal(sg, on_signal) for sg in (signal.SIGINT, signal.SIGTERM)}
+                if threading.current_thread() is threading.main_thread() else {})
+    interrupted: list = []
+    try:
+        with ProcessPoolExecutor(max_workers=spec.workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
+            pool_ref.append(pool)
+            pending = {}
+            queue = list(todo)
+            failed = None
+            n_done = 0
+            while queue or pending:
+                while queue and len(pending) < spec.workers and failed is None and stop["signum"] is None:
+                    item = queue.pop(0)
+                    if not fits(item):
+                        continue
+                    tag, _fw, _arm, _seed, cfg_name, ov, rd = item
+                    log(f"{tag}: started" + (" (resuming)" if (rd / "config.yaml").is_file() else ""))
+                    pending[pool.submit(_train_cell, cfg_name, ov, str(rd), spec.epochs, tuple(spec.imports),
+                                        hint)] = item
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    tag, fw, arm, seed, cfg_name, ov, rd = pending.pop(fut)
+                    try:
+                        wall = fut.result()
+                        log(f"{tag}: done in {wall:.0f}s")
+                        finish(fw, arm, seed, cfg_name, ov, rd, wall, tag)
+                        estimates.setdefault((fw, arm), wall)
+                        estimates.setdefault((fw, None), wall)
+                        n_done += 1
+                    except TrainingInterrupted as e:  # the run checkpointed on the signal passed on to it
+                        interrupted.append((tag, e))
+                    except Exception as e:  # noqa: BLE001 - reported, then re-raised once the pool drains
+                        if stop["signum"] is not None:  # the signal came before the run's trainer was up
+                            interrupted.append((tag, TrainingInterrupted("", stop["signum"], None)))
+                            continue
+                        log(f"{tag}: failed ({type(e).__name__}: {e})")
+                        failed = failed or e
+                    after_run(tag)
+    finally:
+        for sg, h in handlers.items():
+            signal.signal(sg, h)
+    if failed is not None:
+        raise failed
+    if stop["signum"] is not None:
+        name = signal.Signals(stop["signum"]).name
+        interrupted.sort(key=lambda te: int(te[0][1:].split("/")[0]))  # matrix order, not the order they stopped
+        what = ", ".join(f"{tag.split('] ')[-1]} " + (f"saved at epoch {e.epoch}" if e.epoch else "with nothing saved")
+                         for tag, e in interrupted) or "no run was in flight"
+        raise TrainingInterrupted(f"stopped by {name} ({what}); continue with {hint}", stop["signum"], None)
+    budget_note(n_done)
+
+
+def _worker_init() -> None:
+    """A bench worker leads its own process group: signals reach it only through the matrix (run_matrix)."""
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
 
 
 def _run_imports(imports: list[str]) -> None:

@@ -84,6 +84,9 @@ class TrainingInterrupted(PcpoError):
         self.signum, self.epoch = signum, epoch
         self.exit_code = 128 + int(signum)
 
+    def __reduce__(self):  # crosses process boundaries whole (a bench worker's stop reaches the matrix)
+        return type(self), (str(self), self.signum, self.epoch)
+
 
 class _Stop(BaseException):  # noqa: N818  (raised by the signal handler; a BaseException, like KeyboardInterrupt)
     def __init__(self, signum: int, forced: bool = False):

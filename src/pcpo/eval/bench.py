@@ -568,7 +568,7 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
     ``time_budget_s``: start no run, in the matrix's order, that is not expected to finish within that many
     seconds of this call (expected: the mean wall time of the arm's finished runs, else of the framework's, scaled
     by the epochs left after the run's newest checkpoint; a run with no estimate is started); the runs in flight
-    finish and the call returns, so a session's end loses no partial run. Rerunning continues the matrix."""
+    finish and the call returns, leaving no run half-trained when the time is up. Rerunning continues the matrix."""
     from ..trainer.config import load_config
 
     t_start = time.time()
@@ -778,7 +778,7 @@ def _run_imports(imports: list[str]) -> None:
             fn()
 
 
-WALL_FILE = "bench_wall.json"  # in a run directory: seconds spent by the sessions that trained it
+WALL_FILE = "bench_wall.json"  # in a run directory: seconds spent by the bench commands that trained it
 
 
 def _wall_so_far(rd: Path) -> float:
@@ -792,9 +792,9 @@ def _train_cell(
     cfg_name: str | None, overrides: list[str], run_dir: str, epochs: int, imports: tuple = (),
     resume_hint: str | None = None,
 ) -> float:
-    """Train (or resume) one cell of the matrix; returns its wall time over every session that trained it
-    (each session adds its seconds to ``bench_wall.json`` in the run directory when it ends, also when a signal
-    stops it; a SIGKILLed session's seconds are lost). Top-level so worker processes can run it."""
+    """Train (or resume) one cell of the matrix; returns its wall time over every bench command that trained
+    it (each command adds its seconds to ``bench_wall.json`` in the run directory when it ends, also when a signal
+    stops it; a SIGKILLed command's seconds are lost). Top-level so worker processes can run it."""
     from ..trainer.config import load_config
     from ..trainer.trainer import Trainer, TrainingInterrupted
 
@@ -894,7 +894,7 @@ def _mean_key(records: list[dict], key: str) -> float | None:
 
 
 def run_cost_s(m: dict) -> float | None:
-    """Compute of one run in seconds: its wall time over the sessions that trained it (training and evaluation),
+    """Compute of one run in seconds: its wall time over the bench commands that trained it (training and evaluation),
     else the sum of its epochs' training times."""
     return m.get("wall_s") or m.get("time_total_s")
 
@@ -1145,7 +1145,7 @@ def _compute_table(spec: BenchSpec, results: dict) -> dict:
 
 
 def _compute_by_arm(spec: BenchSpec, metrics: dict) -> dict:
-    """Core-hours each arm took (one core per run: a run's wall time over every session that trained it), and what
+    """Core-hours each arm took (one core per run: a run's wall time over every bench command that trained it), and what
     its missing runs would take at the arm's mean cost per run so far."""
     out: dict = {}
     total_spent = total_left = 0.0
@@ -1407,7 +1407,7 @@ def results_markdown(results: dict, spec: BenchSpec) -> str:
     if any(k != "_total" for k in cba):
         tot = cba["_total"]
         lines += ["## Compute each arm took", "",
-                  "One core per run: a run's cost is its wall time over every session that trained it (training and "
+                  "One core per run: a run's cost is its wall time over every bench command that trained it (training and "
                   "evaluation); the missing runs are priced at the arm's mean cost per finished run.", "",
                   "| framework | arm | runs finished | core-hours | core-minutes per run | training share | "
                   "runs missing | core-hours for the missing runs |", "|---|---|---|---|---|---|---|---|"]
@@ -1522,7 +1522,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frameworks", default=None, help="comma list of ddpo,dancegrpo,flowgrpo")
     p.add_argument("--objectives", default=None, help="comma list of clipped,log_hinge,pcpo (with arms: arm names)")
     p.add_argument("--arms", default=None, help="comma list of the bench file's arms to run / report")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the bench file's)")
     p.add_argument("--target", type=float, default=None, help="target value of the metric")
     p.add_argument("--metric", default=None, help="record key for epochs-to-target (default eval_reward_mean)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
@@ -1537,7 +1537,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", default=None, metavar="DURATION",
                    help="e.g. 2h30m, 90m: start no run that is not expected to finish within this time (the arm's "
                         "mean wall time so far, scaled by the epochs left after its checkpoint); the runs in flight "
-                        "finish and the command ends, so a session's end loses no partial run")
+                        "finish and the command ends, leaving nothing half-trained when the time is up")
     p.add_argument("--protocol", action="append", default=[], metavar="FILE",
                    help="a pre-registration file (repeatable or comma list, e.g. PROTOCOL.md and the bench file): "
                         "the report's Provenance section checks from git that it was committed before every "

@@ -546,6 +546,17 @@ def test_commit_commits_each_summary_and_nothing_else(tmp_path, monkeypatch, cap
     assert _git(repo, "diff", "--cached", "--name-only").split() == ["other.txt"]  # still staged, not committed
     assert _git(repo, "show", "HEAD:bench/summaries/flowgrpo/pcpo/6.json") == \
         bench.summary_path(repo / "bench", "flowgrpo", "pcpo", 6).read_text()
+    # a finished summary written but not committed (the command stopped in between): --resume commits it
+    clipped = ["--config", str(cfg), "--work", str(tmp_path / "work"), "--arms", "clipped", "--out", str(repo / "bench")]
+    assert bench.main(clipped + ["--resume"]) == 0  # without --commit: written, not committed
+    assert bench.main(clipped + ["--resume", "--commit"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(written earlier, not committed then)") == 2
+    files = [f for f in _git(repo, "log", "--format=", "--name-only").split() if f]
+    assert sorted(files) == [f"bench/summaries/flowgrpo/{a}/{sd}.json" for a in ("clipped", "pcpo") for sd in (5, 6)]
+    assert _git(repo, "diff", "--cached", "--name-only").split() == ["other.txt"]
+    assert bench.main(clipped + ["--resume", "--commit"]) == 0  # nothing left to commit: no new commit
+    assert _git(repo, "rev-list", "--count", "HEAD").strip() == "4"
     capsys.readouterr()
     assert bench.main(args + ["--out", str(tmp_path / "nogit")]) == 2
     assert "not inside a git work tree" in capsys.readouterr().err

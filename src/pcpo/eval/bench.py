@@ -498,6 +498,18 @@ def git_toplevel(path: Path) -> Path:
     return Path(r.stdout.strip()).resolve()
 
 
+def _uncommitted(out: Path) -> set[Path]:
+    """Summaries under ``OUT/summaries`` that differ from the last commit (untracked or modified), resolved."""
+    sums = Path(out) / "summaries"
+    if not sums.is_dir():
+        return set()
+    top = git_toplevel(sums)
+    r = _git(["status", "--porcelain", "--untracked-files=all", "-z", "--", str(sums.resolve().relative_to(top))], top)
+    if r.returncode != 0:
+        return set()
+    return {(top / entry[3:]).resolve() for entry in r.stdout.split("\0") if len(entry) > 3}
+
+
 def commit_paths(paths: list[Path], message: str, log=print, retries: int = 20) -> bool:
     """``git add`` and ``git commit`` exactly ``paths`` (nothing else staged is committed); True if committed.
 
@@ -603,6 +615,8 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
         if commit and commit_paths([sp], f"bench: {fw}/{arm} seed {seed} ({spec.epochs} epochs)", log=log):
             log(f"{tag}: committed {sp}")
 
+    # finished summaries that an earlier command wrote but could not commit (stopped in between, or git busy)
+    loose = _uncommitted(out) if commit else set()
     todo = []
     for k, (fw, arm, seed, cfg_name, ov) in enumerate(plans):
         rd = runs_dir / run_name(fw, arm, seed)
@@ -611,6 +625,9 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
         if sp.is_file() and _summary_finished(s := load_summary(sp), spec.epochs):
             _check_summary_matches(sp, s, cfg_name, ov)
             log(f"{tag}: finished, skipped")
+            if sp.resolve() in loose and commit_paths([sp], f"bench: {fw}/{arm} seed {seed} ({spec.epochs} epochs)",
+                                                      log=log):
+                log(f"{tag}: committed {sp} (written earlier, not committed then)")
         elif _finished(rd, spec.epochs):  # trained before summaries existed, or interrupted right after
             finish(fw, arm, seed, cfg_name, ov, rd, None, tag)
             log(f"{tag}: finished, skipped")

@@ -628,18 +628,33 @@ def test_provenance_reads_the_registration_and_amendments_from_git(tmp_path, mon
     second = summary("ddpo", "pcpo", 10)
     _commit(repo, "result 2", second)
     loose = summary("ddpo", "clipped", 10)  # written, not committed
+    # an arm added to the bench file after results: its comparison is exploratory, the registered ones are not
+    late = json.loads((out / "bench.json").read_text())
+    late["arms"]["late"] = {"objective": "log_hinge", "frameworks": ["flowgrpo"]}
+    (out / "bench.json").write_text(json.dumps(late))
+    late_commit = _commit(repo, "late arm", "bench/bench.json")
+    late_summary = summary("flowgrpo", "late", 10)
+    _commit(repo, "result 3", late_summary)
     p = protocol_provenance(out, [proto, out / "bench.json"])
     assert p["registered"]["commit"] == registered and p["drafts"] == 1 and p["ok"]
-    assert [(a["commit"], a["summaries_before"]) for a in p["amendments"]] == [(amended, {"flowgrpo": 1})]
-    assert p["summaries"] == 3 and p["committed_after_registration"] == 2
+    assert [(a["commit"], a["summaries_before"]) for a in p["amendments"]] == [
+        (amended, {"flowgrpo": 1}), (late_commit, {"ddpo": 1, "flowgrpo": 1})]
+    assert p["summaries"] == 4 and p["committed_after_registration"] == 3
     assert p["committed_before_registration"] == [] and p["uncommitted"] == [loose]
+    assert "flowgrpo/pcpo-vs-clipped" in p["registered_comparisons"]
+    assert not any("late" in c for c in p["registered_comparisons"])
     # through the CLI: the report's Provenance section
     assert bench.main(["--report-only", "--out", str(out), "--protocol", f"{proto},{out / 'bench.json'}"]) == 0
     md = (out / "results.md").read_text()
     assert f"as registered: {registered[:7]}" in md and "(1 earlier draft commits)" in md
     assert f"| {amended[:7]} |" in md and "| flowgrpo 1 | amendment 1 |" in md
     assert f"not committed: `{loose}`" in md
-    assert json.loads((out / "results.json").read_text())["provenance"]["ok"] is True
+    res = json.loads((out / "results.json").read_text())
+    assert res["provenance"]["ok"] is True
+    assert res["comparisons"]["flowgrpo/late-vs-clipped"]["exploratory"] is True
+    assert res["comparisons"]["ddpo/pcpo-vs-clipped"]["exploratory"] is False
+    row = next(ln for ln in md.splitlines() if ln.startswith("| flowgrpo/late-vs-clipped |"))
+    assert "| exploratory (not in the registered protocol): interim, 1 of 5 seeds: " in row
     # a protocol written after the first result is no pre-registration
     repo2 = tmp_path / "late"
     repo2.mkdir()

@@ -1102,6 +1102,10 @@ def report(spec: BenchSpec, out: Path, summaries: dict, command: str | None = No
     for k, p in zip(fam, stats.holm([results["comparisons"][k]["p"] for k in fam])):
         results["comparisons"][k]["p_holm"] = p
         results["comparisons"][k]["is_primary"] = True
+    registered = (provenance or {}).get("registered_comparisons")
+    if registered is not None:  # a comparison the registered protocol did not name was chosen after results
+        for k, c in results["comparisons"].items():
+            c["exploratory"] = k not in registered
     results["compute"] = _compute_table(spec, results)
     results["compute_by_arm"] = _compute_by_arm(spec, metrics)
     if spec.sensitivity:
@@ -1396,6 +1400,8 @@ def results_markdown(results: dict, spec: BenchSpec) -> str:
             d = c["primary"]
             verdict = (f"interim, {c['n']} of {c['planned_seeds']} seeds: {d['label']}" if c.get("interim")
                        else f"**{d['label']}**")
+            if c.get("exploratory"):
+                verdict = f"exploratory (not in the registered protocol): {verdict.strip('*')}"
             rel = d.get("relative")
             rel_s = f"{rel[0]:+.0f} % [{rel[1]:+.0f}, {rel[2]:+.0f}]" if rel else "–"
             p = c.get("p_holm", c["p"])

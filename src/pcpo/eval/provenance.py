@@ -102,10 +102,39 @@ def protocol_provenance(out: str | Path, protocol: list[str | Path]) -> dict:
         rows.append({**a, "summaries_before": dict(sorted(per_fw.items()))})
     return {
         "protocol": paths, "registered": registered, "drafts": drafts, "amendments": rows,
+        "registered_comparisons": _registered_comparisons(top, registered, paths),
         "summaries": len(files), "committed_after_registration": sum(1 for f in files if added.get(f) in after),
         "committed_before_registration": before, "uncommitted": uncommitted,
         "ok": registered is not None and not before,
     }
+
+
+def _registered_comparisons(top: Path, registered: dict | None, paths: list[str]) -> list[str] | None:
+    """The comparisons ("framework/arm-vs-reference") of the bench file among ``paths`` as it stood at the
+    registration; ``None`` without a registration or a bench file (a comparison outside the list was added after
+    the first result: the report labels it exploratory)."""
+    import tempfile
+
+    from .bench import load_bench_spec
+
+    if registered is None:
+        return None
+    for rel in paths:
+        if not rel.endswith((".yaml", ".yml", ".json")):
+            continue
+        r = subprocess.run(["git", "show", f"{registered['commit']}:{rel}"], cwd=str(top), capture_output=True,
+                           text=True)
+        if r.returncode != 0:  # the file did not exist yet at the registration
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            f = Path(d) / Path(rel).name
+            f.write_text(r.stdout)
+            try:
+                spec = load_bench_spec(str(f))
+            except ValueError:  # not a bench file (some other data file of the protocol)
+                continue
+        return sorted(f"{fw}/{arm}-vs-{ref}" for fw in spec.frameworks for arm, ref in spec.comparisons(fw))
+    return None
 
 
 def provenance_markdown(p: dict) -> list[str]:
@@ -127,6 +156,9 @@ def provenance_markdown(p: dict) -> list[str]:
         lines.append(f"  - not committed: `{f}`")
     if len(p["uncommitted"]) > 20:
         lines.append(f"  - … and {len(p['uncommitted']) - 20} more not committed")
+    if p.get("registered_comparisons") is not None:
+        lines.append(f"- Comparisons in the registered bench file: {len(p['registered_comparisons'])}; any other "
+                     "comparison below is labelled exploratory (added after the first result).")
     if p["amendments"]:
         lines += ["", "| later change to the protocol | date | summaries already committed then | subject |",
                   "|---|---|---|---|"]

@@ -439,7 +439,7 @@ def test_resume_skips_cells_with_finished_summaries(tmp_path, capsys):
     assert "recorded with other settings" in err and str(path) in err
 
 
-def test_time_budget_starts_only_runs_expected_to_finish(tmp_path, capsys):
+def test_time_budget_starts_only_runs_expected_to_finish(tmp_path, capsys, monkeypatch):
     """--time-budget: a run expected (from its arm's finished runs) to outlast the budget is not started, nor
     any after it; the command ends cleanly and says how to go on; a budget that fits runs them."""
     cfg = _micro_arms_bench(tmp_path)
@@ -451,11 +451,14 @@ def test_time_budget_starts_only_runs_expected_to_finish(tmp_path, capsys):
         s.update(config=name, overrides=ov, epochs=1, epochs_done=1, records=s["records"][:2], wall_s=3600.0)
         bench.write_summary(bench.summary_path(out, fw, arm, seed), s)
     args = ["--config", str(cfg), "--out", str(out), "--work", str(work), "--resume"]
+    (out / "command.txt").write_text("pcpo bench --the-first-command\n")
     for workers in ("1", "2"):
-        assert bench.main(args + ["--time-budget", "30m", "--workers", workers]) == 0
+        argv = ["bench", *args, "--time-budget", "30m", "--workers", workers]
+        monkeypatch.setattr("sys.argv", ["pcpo", *argv])  # as typed: the hint repeats this command, not the first
+        assert main(argv) == 0
         log = capsys.readouterr().out
         assert "flowgrpo-clipped-s6: not started: expected 60 min, 30 min of the time budget left" in log
-        assert "time budget: 0 runs finished, 2 not started; rerun" in log and "--resume" in log
+        assert f"time budget: 0 runs finished, 2 not started; rerun `pcpo {' '.join(argv)}` to go on" in log
         assert not (work / "runs").exists() or not any((work / "runs").iterdir())
     assert bench.main(args + ["--time-budget", "1h30m"]) == 0
     assert "not started" not in capsys.readouterr().out

@@ -572,7 +572,8 @@ def _cost_estimates(out: Path, spec: BenchSpec) -> dict:
 
 
 def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work: Path | None = None,
-               commit: bool = False, settings: BenchSpec | None = None, time_budget_s: float | None = None) -> None:
+               commit: bool = False, settings: BenchSpec | None = None, time_budget_s: float | None = None,
+               command: str | None = None) -> None:
     """Train (or resume) every cell of ``spec``. ``settings``: what ``OUT/bench.json`` records for
     ``--report-only`` (default ``spec``); a run restricted with --frameworks / --arms passes the whole matrix,
     so that the report always covers every pre-registered cell ("k of N runs present").
@@ -580,7 +581,9 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
     ``time_budget_s``: start no run, in the matrix's order, that is not expected to finish within that many
     seconds of this call (expected: the mean wall time of the arm's finished runs, else of the framework's, scaled
     by the epochs left after the run's newest checkpoint; a run with no estimate is started); the runs in flight
-    finish and the call returns, leaving no run half-trained when the time is up. Rerunning continues the matrix."""
+    finish and the call returns, leaving no run half-trained when the time is up. Rerunning continues the matrix.
+
+    ``command``: the command line that stop messages tell the user to rerun (default: ``OUT/command.txt``)."""
     from ..trainer.config import load_config
 
     t_start = time.time()
@@ -643,7 +646,9 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
             except Exception as e:  # noqa: BLE001 - a plotting hiccup must not stop the matrix
                 log(f"{tag}: aggregation failed ({type(e).__name__}: {e}); continuing")
 
-    command = (out / "command.txt").read_text().strip() if (out / "command.txt").is_file() else "the same pcpo bench command"
+    if command is None:  # the command that started the matrix (this process may be a caller of main(argv))
+        command = ((out / "command.txt").read_text().strip() if (out / "command.txt").is_file()
+                   else "the same pcpo bench command")
     hint = f"`{command}`" + ("" if "--resume" in command else " plus --resume")
     estimates = _cost_estimates(out, spec) if time_budget_s is not None else {}
     held: list = []  # cells the time budget kept from starting (the first one and everything after it)
@@ -1610,7 +1615,7 @@ def run_bench(args) -> int:
             (out / "command.txt").write_text(cmd + "\n")
         if not args.aggregate_only:
             run_matrix(spec, out, resume=args.resume, work=work, commit=getattr(args, "commit", False),
-                       settings=settings, time_budget_s=budget_s)
+                       settings=settings, time_budget_s=budget_s, command=cmd)
         if protocol:  # summaries committed by this run
             from .provenance import protocol_provenance
 

@@ -644,8 +644,10 @@ def test_provenance_reads_the_registration_and_amendments_from_git(tmp_path, mon
         (amended, {"flowgrpo": 1}), (late_commit, {"ddpo": 1, "flowgrpo": 1})]
     assert p["summaries"] == 4 and p["committed_after_registration"] == 3
     assert p["committed_before_registration"] == [] and p["uncommitted"] == [loose]
-    assert "flowgrpo/pcpo-vs-clipped" in p["registered_comparisons"]
-    assert not any("late" in c for c in p["registered_comparisons"])
+    comps = bench.registered_comparisons(p["registered_files"])
+    assert list(p["registered_files"]) == ["bench/bench.json"] and "flowgrpo/pcpo-vs-clipped" in comps
+    assert not any("late" in c for c in comps)
+    assert bench.registered_comparisons({"PROTOCOL.json": "[1, 2]"}) is None  # not a bench file
     # through the CLI: the report's Provenance section
     assert bench.main(["--report-only", "--out", str(out), "--protocol", f"{proto},{out / 'bench.json'}"]) == 0
     md = (out / "results.md").read_text()

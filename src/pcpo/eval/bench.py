@@ -1608,6 +1608,7 @@ def run_bench(args) -> int:
         from .provenance import protocol_provenance
 
         prov = protocol_provenance(out, protocol)
+        prov["registered_comparisons"] = registered_comparisons(prov.pop("registered_files"))
     if report_only:
         res = report(spec, out, collect_summaries(spec, out, from_runs=False), provenance=prov)
     else:
@@ -1620,10 +1621,29 @@ def run_bench(args) -> int:
             from .provenance import protocol_provenance
 
             prov = protocol_provenance(out, protocol)
+            prov["registered_comparisons"] = registered_comparisons(prov.pop("registered_files"))
         res = aggregate(spec, out, work=work, provenance=prov)
     _print_summary(res, spec)
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}", flush=True)
     return 0
+
+
+def registered_comparisons(files: dict[str, str]) -> list[str] | None:
+    """The comparisons ("framework/arm-vs-reference") of the first bench file among ``files`` ({path: text}, the
+    protocol's files as registered); ``None`` if none is a bench file. A comparison outside the list was added
+    after the first result: the report labels it exploratory."""
+    import tempfile
+
+    for rel, text in files.items():
+        with tempfile.TemporaryDirectory() as d:
+            f = Path(d) / Path(rel).name
+            f.write_text(text)
+            try:
+                spec = load_bench_spec(str(f))
+            except ValueError:  # another data file of the protocol, not a bench file
+                continue
+        return sorted(f"{fw}/{arm}-vs-{ref}" for fw in spec.frameworks for arm, ref in spec.comparisons(fw))
+    return None
 
 
 def _print_summary(res: dict, spec: BenchSpec) -> None:

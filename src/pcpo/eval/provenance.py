@@ -9,7 +9,9 @@ can state it instead of asking the reader to trust it:
 * for every summary under ``OUT/summaries``, the commit that added it, and whether that commit comes after the
   registration (a summary added before it, or never committed, is listed by name);
 * every later commit that changed a protocol file (an *amendment*), with the summaries per framework that were
-  already committed when it landed, so that a reader can check it came before the runs it changes.
+  already committed when it landed, so that a reader can check it came before the runs it changes;
+* the registered text of the bench file, from which the report tells the registered comparisons from those
+  added after the first result (exploratory).
 """
 from __future__ import annotations
 
@@ -102,39 +104,26 @@ def protocol_provenance(out: str | Path, protocol: list[str | Path]) -> dict:
         rows.append({**a, "summaries_before": dict(sorted(per_fw.items()))})
     return {
         "protocol": paths, "registered": registered, "drafts": drafts, "amendments": rows,
-        "registered_comparisons": _registered_comparisons(top, registered, paths),
+        "registered_files": _registered_files(top, registered, paths),
         "summaries": len(files), "committed_after_registration": sum(1 for f in files if added.get(f) in after),
         "committed_before_registration": before, "uncommitted": uncommitted,
         "ok": registered is not None and not before,
     }
 
 
-def _registered_comparisons(top: Path, registered: dict | None, paths: list[str]) -> list[str] | None:
-    """The comparisons ("framework/arm-vs-reference") of the bench file among ``paths`` as it stood at the
-    registration; ``None`` without a registration or a bench file (a comparison outside the list was added after
-    the first result: the report labels it exploratory)."""
-    import tempfile
-
-    from .bench import load_bench_spec
-
+def _registered_files(top: Path, registered: dict | None, paths: list[str]) -> dict[str, str]:
+    """The text of each YAML/JSON file among ``paths`` as it stood at the registration (a bench file among them
+    tells which comparisons were registered: :func:`pcpo.eval.bench.registered_comparisons`)."""
     if registered is None:
-        return None
+        return {}
+    out = {}
     for rel in paths:
-        if not rel.endswith((".yaml", ".yml", ".json")):
-            continue
-        r = subprocess.run(["git", "show", f"{registered['commit']}:{rel}"], cwd=str(top), capture_output=True,
-                           text=True)
-        if r.returncode != 0:  # the file did not exist yet at the registration
-            continue
-        with tempfile.TemporaryDirectory() as d:
-            f = Path(d) / Path(rel).name
-            f.write_text(r.stdout)
-            try:
-                spec = load_bench_spec(str(f))
-            except ValueError:  # not a bench file (some other data file of the protocol)
-                continue
-        return sorted(f"{fw}/{arm}-vs-{ref}" for fw in spec.frameworks for arm, ref in spec.comparisons(fw))
-    return None
+        if rel.endswith((".yaml", ".yml", ".json")):
+            r = subprocess.run(["git", "show", f"{registered['commit']}:{rel}"], cwd=str(top), capture_output=True,
+                               text=True)
+            if r.returncode == 0:  # else the file did not exist yet at the registration
+                out[rel] = r.stdout
+    return out
 
 
 def provenance_markdown(p: dict) -> list[str]:

@@ -218,6 +218,29 @@ def command_names() -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "LOCAL_RANK" in os.environ:
+        _end_rank(code)
+    return code
+
+
+def _end_rank(code: int) -> None:
+    """A torchrun rank whose command has finished (its process group torn down, its files closed) leaves at once:
+    C++ destructors of gloo's and autograd's threads at interpreter exit can abort the process (SIGABRT,
+    "terminate called without an active exception"), which the launcher reports as a failed rank after a run
+    that succeeded."""
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)
+
+
+def _main(argv: list[str] | None = None) -> int:
     if not _debug():
         _quiet_libraries()
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -54,7 +54,6 @@ import math
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -67,6 +66,8 @@ from .. import figures
 from ..seeds import parse_seeds, seeds_arg
 from ..trainer.config import _f, check_fields, from_dict, load_yaml
 from . import stats
+from .provenance import git_toplevel as _git_toplevel
+from .provenance import run_git as _git
 
 OBJECTIVES = ("clipped", "log_hinge", "pcpo")
 FRAMEWORKS = ("ddpo", "dancegrpo", "flowgrpo")
@@ -480,22 +481,9 @@ def _check_summary_matches(path: Path, s: dict, cfg_name: str | None, overrides:
 
 # ---------------------------------------------------------------------------- git
 
-def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=str(cwd), capture_output=True, text=True)
-
-
 def git_toplevel(path: Path) -> Path:
     """The work tree holding ``path`` (``--commit`` needs one)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        r = _git(["rev-parse", "--show-toplevel"], path)
-    except FileNotFoundError:
-        raise ValueError("--commit: git is not installed; drop --commit") from None
-    if r.returncode != 0:
-        raise ValueError(f"--commit: {path} is not inside a git work tree; drop --commit or choose an --out "
-                         "inside a repository")
-    return Path(r.stdout.strip()).resolve()
+    return _git_toplevel(path, "--commit")
 
 
 def _uncommitted(out: Path) -> set[Path]:
@@ -542,8 +530,6 @@ def commit_paths(paths: list[Path], message: str, log=print, retries: int = 20) 
 
 def parse_duration(text: str) -> float:
     """Seconds of ``2h30m``, ``90m``, ``1.5h``, ``45s`` (units required); ValueError naming --time-budget."""
-    import re
-
     t = str(text).strip().lower().replace(" ", "")
     parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", t)
     if not t or "".join(a + u for a, u in parts) != t:
@@ -556,19 +542,6 @@ def _checkpoint_epoch(rd: Path) -> int:
     eps = [int(p.name.split("-")[1]) for p in (rd / "checkpoints").glob("epoch-*")
            if p.is_dir() and p.name.split("-")[1].isdigit()] if (rd / "checkpoints").is_dir() else []
     return max(eps, default=0)
-
-
-def _cost_estimates(out: Path, spec: BenchSpec) -> dict:
-    """{(framework, arm): mean wall seconds of its finished runs, (framework, None): of any arm} from the summaries."""
-    walls: dict = {}
-    for fw, arm, seed in spec.cells():
-        sp = summary_path(out, fw, arm, seed)
-        if sp.is_file():
-            s = load_summary(sp)
-            if _summary_finished(s, spec.epochs) and s.get("wall_s"):
-                walls.setdefault((fw, arm), []).append(float(s["wall_s"]))
-                walls.setdefault((fw, None), []).append(float(s["wall_s"]))
-    return {k: sum(v) / len(v) for k, v in walls.items()}
 
 
 def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work: Path | None = None,
@@ -612,10 +585,21 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(spec_dict(settings or spec), indent=1) + "\n")  # --report-only reads it
 
+    # --time-budget's expected wall seconds of a run, by (framework, arm) and (framework, None): the mean over the
+    # runs finished before this command, else the first one this command finishes
+    walls: dict = {}
+    estimates: dict = {}
+
+    def message(fw, arm, seed) -> str:
+        return f"bench: {fw}/{arm} seed {seed} ({spec.epochs} epochs)"
+
     def finish(fw, arm, seed, cfg_name, ov, rd, wall_s, tag) -> None:
+        if wall_s:
+            estimates.setdefault((fw, arm), wall_s)
+            estimates.setdefault((fw, None), wall_s)
         sp = write_summary(summary_path(out, fw, arm, seed),
                            build_summary(rd, fw, arm, seed, cfg_name, ov, spec.epochs, wall_s))
-        if commit and commit_paths([sp], f"bench: {fw}/{arm} seed {seed} ({spec.epochs} epochs)", log=log):
+        if commit and commit_paths([sp], message(fw, arm, seed), log=log):
             log(f"{tag}: committed {sp}")
 
     # finished summaries that an earlier command wrote but could not commit (stopped in between, or git busy)
@@ -627,9 +611,11 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
         sp = summary_path(out, fw, arm, seed)
         if sp.is_file() and _summary_finished(s := load_summary(sp), spec.epochs):
             _check_summary_matches(sp, s, cfg_name, ov)
+            if s.get("wall_s"):
+                for key in ((fw, arm), (fw, None)):
+                    walls.setdefault(key, []).append(float(s["wall_s"]))
             log(f"{tag}: finished, skipped")
-            if sp.resolve() in loose and commit_paths([sp], f"bench: {fw}/{arm} seed {seed} ({spec.epochs} epochs)",
-                                                      log=log):
+            if sp.resolve() in loose and commit_paths([sp], message(fw, arm, seed), log=log):
                 log(f"{tag}: committed {sp} (written earlier, not committed then)")
         elif _finished(rd, spec.epochs):  # trained before summaries existed, or interrupted right after
             finish(fw, arm, seed, cfg_name, ov, rd, None, tag)
@@ -650,7 +636,7 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
         command = ((out / "command.txt").read_text().strip() if (out / "command.txt").is_file()
                    else "the same pcpo bench command")
     hint = f"`{command}`" + ("" if "--resume" in command else " plus --resume")
-    estimates = _cost_estimates(out, spec) if time_budget_s is not None else {}
+    estimates.update({k: sum(v) / len(v) for k, v in walls.items()})
     held: list = []  # cells the time budget kept from starting (the first one and everything after it)
 
     def fits(item) -> bool:
@@ -688,8 +674,6 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
             wall = _train_cell(cfg_name, ov, str(rd), spec.epochs, tuple(spec.imports), hint)
             log(f"{tag}: done in {wall:.0f}s")
             finish(fw, arm, seed, cfg_name, ov, rd, wall, tag)
-            estimates.setdefault((fw, arm), wall)
-            estimates.setdefault((fw, None), wall)
             n_done += 1
             after_run(tag)
         budget_note(n_done)
@@ -746,19 +730,18 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
                     break
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    tag, fw, arm, seed, cfg_name, ov, rd = pending.pop(fut)
+                    item = pending.pop(fut)
+                    tag, fw, arm, seed, cfg_name, ov, rd = item
                     try:
                         wall = fut.result()
                         log(f"{tag}: done in {wall:.0f}s")
                         finish(fw, arm, seed, cfg_name, ov, rd, wall, tag)
-                        estimates.setdefault((fw, arm), wall)
-                        estimates.setdefault((fw, None), wall)
                         n_done += 1
                     except TrainingInterrupted as e:  # the run checkpointed on the signal passed on to it
-                        interrupted.append((tag, e))
+                        interrupted.append((todo.index(item), rd.name, e))
                     except Exception as e:  # noqa: BLE001 - reported, then re-raised once the pool drains
                         if stop["signum"] is not None:  # the signal came before the run's trainer was up
-                            interrupted.append((tag, TrainingInterrupted("", stop["signum"], None)))
+                            interrupted.append((todo.index(item), rd.name, TrainingInterrupted("", stop["signum"], None)))
                             continue
                         log(f"{tag}: failed ({type(e).__name__}: {e})")
                         failed = failed or e
@@ -770,9 +753,8 @@ def run_matrix(spec: BenchSpec, out: Path, resume: bool = False, log=print, work
         raise failed
     if stop["signum"] is not None:
         name = signal.Signals(stop["signum"]).name
-        interrupted.sort(key=lambda te: int(te[0][1:].split("/")[0]))  # matrix order, not the order they stopped
-        what = ", ".join(f"{tag.split('] ')[-1]} " + (f"saved at epoch {e.epoch}" if e.epoch else "with nothing saved")
-                         for tag, e in interrupted) or "no run was in flight"
+        what = ", ".join(f"{run} " + (f"saved at epoch {e.epoch}" if e.epoch else "with nothing saved")
+                         for _, run, e in sorted(interrupted, key=lambda x: x[0])) or "no run was in flight"  # matrix order
         raise TrainingInterrupted(f"stopped by {name} ({what}); continue with {hint}", stop["signum"], None)
     budget_note(n_done)
 

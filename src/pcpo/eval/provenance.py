@@ -5,7 +5,7 @@ first, then each run's summary (``pcpo bench --commit`` commits one per finished
 the runs it affects. :func:`protocol_provenance` reads that order from the repository's history so that a report
 can state it instead of asking the reader to trust it:
 
-* the *registration*: the first commit of the protocol files;
+* the *registration*: the protocol files' last commit before the first summary's (earlier ones are drafts);
 * for every summary under ``OUT/summaries``, the commit that added it, and whether that commit comes after the
   registration (a summary added before it, or never committed, is listed by name);
 * every later commit that changed a protocol file (an *amendment*), with the summaries per framework that were
@@ -21,21 +21,31 @@ from pathlib import Path
 _SEP = "\x1f"
 
 
+def run_git(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``git ARGS`` in ``cwd``, output captured (the bench's commits and this module's reads)."""
+    return subprocess.run(["git", *args], cwd=str(cwd), capture_output=True, text=True)
+
+
+def git_toplevel(path: Path, option: str) -> Path:
+    """The work tree holding ``path`` (created if missing); ``option`` (``--commit``, ``--protocol``), which needs
+    one, is named in the one-line error."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        r = run_git(["rev-parse", "--show-toplevel"], path)
+    except FileNotFoundError:
+        raise ValueError(f"{option}: git is not installed; drop {option}") from None
+    if r.returncode != 0:
+        raise ValueError(f"{option}: {path} is not inside a git work tree; drop {option} or choose an --out "
+                         "inside a repository")
+    return Path(r.stdout.strip()).resolve()
+
+
 def _git(top: Path, *args: str) -> str:
-    r = subprocess.run(["git", *args], cwd=str(top), capture_output=True, text=True)
+    r = run_git(list(args), top)
     if r.returncode != 0:
         raise ValueError(f"--protocol: git {args[0]} failed in {top}: {(r.stderr or r.stdout).strip()}")
     return r.stdout
-
-
-def _toplevel(path: Path) -> Path:
-    try:
-        r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=str(path), capture_output=True, text=True)
-    except FileNotFoundError:
-        raise ValueError("--protocol: git is not installed; drop --protocol") from None
-    if r.returncode != 0:
-        raise ValueError(f"--protocol: {path} is not inside a git work tree; drop --protocol")
-    return Path(r.stdout.strip()).resolve()
 
 
 def _commit(line: str) -> dict:
@@ -48,7 +58,7 @@ def protocol_provenance(out: str | Path, protocol: list[str | Path]) -> dict:
     summaries under ``out/summaries/<framework>/<arm>/<seed>.json``. Raises ValueError (one line) when a file is
     missing or was never committed, or when git cannot answer."""
     out = Path(out).resolve()
-    top = _toplevel(out)
+    top = git_toplevel(out, "--protocol")
     paths = []
     for p in protocol:
         p = Path(p).resolve()
@@ -119,8 +129,7 @@ def _registered_files(top: Path, registered: dict | None, paths: list[str]) -> d
     out = {}
     for rel in paths:
         if rel.endswith((".yaml", ".yml", ".json")):
-            r = subprocess.run(["git", "show", f"{registered['commit']}:{rel}"], cwd=str(top), capture_output=True,
-                               text=True)
+            r = run_git(["show", f"{registered['commit']}:{rel}"], top)
             if r.returncode == 0:  # else the file did not exist yet at the registration
                 out[rel] = r.stdout
     return out

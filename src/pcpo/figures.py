@@ -189,7 +189,8 @@ def fig_bench_curves(curves: dict, key_label: str, target: float | None = None):
 def fig_bench_heatmaps(mats: dict, title: str, cbar: str):
     """``mats[framework][objective] = (epochs, [E, N] mean matrix)``: grid of heat maps, shared colour scale per row."""
     fws = list(mats)
-    objs = sorted({o for fw in fws for o in mats[fw]}, key=lambda o: list(OBJECTIVE_STYLE).index(o)
+    # styled objectives first, then the other arms in the order given (a set's order changes between processes)
+    objs = sorted(dict.fromkeys(o for fw in fws for o in mats[fw]), key=lambda o: list(OBJECTIVE_STYLE).index(o)
                   if o in OBJECTIVE_STYLE else 99)
     fig, axes = plt.subplots(len(fws), len(objs), figsize=(3.8 * len(objs), 2.8 * len(fws)), squeeze=False)
     for i, fw in enumerate(fws):

@@ -34,12 +34,14 @@ def _bench_file(tmp_path, target=0.6):
     return path
 
 
-def test_bench_runs_the_matrix_and_writes_the_table(tmp_path, capsys):
+def test_bench_runs_the_matrix_and_writes_the_table(tmp_path, capsys, monkeypatch):
     cfg = _bench_file(tmp_path)
     out = tmp_path / "bench"
     args = ["bench", "--config", str(cfg), "--out", str(out), "--seeds", "2", "--epochs", "2",
             "--objectives", "clipped,pcpo"]
+    monkeypatch.setattr("sys.argv", ["pcpo", *args])
     assert main(args) == 0
+    monkeypatch.setattr("sys.argv", ["pytest"])
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert len(runs) == 2 * 2 * 2 and "ddpo-pcpo-s1" in runs and "flowgrpo-clipped-s0" in runs
     res = json.loads((out / "results.json").read_text())
@@ -52,6 +54,9 @@ def test_bench_runs_the_matrix_and_writes_the_table(tmp_path, capsys):
         assert len(res["summary"][fw]["speedup_pcpo_vs_clipped"]) == 3
     md = (out / "results.md").read_text()
     assert "| ddpo | pcpo | 2 |" in md and "Speed-up of PCPO" in md and "micro-model smoke benchmark" in md
+    # the line that ran the matrix, as typed, and no rebuild line (this was not --report-only)
+    assert "started by this line" in md and f"```\npcpo {' '.join(args)}\n```" in md
+    assert "rebuilt from the committed summaries" not in md
     for png in ("reward_curves.png", "train_reward_curves.png", "clipfrac_heatmaps.png", "clipfrac_per_step.png",
                 "credit.png"):
         assert (out / png).stat().st_size > 1000, png
@@ -254,7 +259,7 @@ def _ett(slope):
     return next((e for e in range(1, E + 1) if (0.3 + slope * e) - 0.3 >= 0.02), None)
 
 
-def test_report_only_recomputes_the_decisions_from_committed_summaries(tmp_path, capsys):
+def test_report_only_recomputes_the_decisions_from_committed_summaries(tmp_path, capsys, monkeypatch):
     cfg = _synthetic_bench(tmp_path)
     out = tmp_path / "bench"
     slopes = _slopes()
@@ -357,8 +362,15 @@ def test_report_only_recomputes_the_decisions_from_committed_summaries(tmp_path,
     assert "undecided at this budget" in capsys.readouterr().out
     # the same report from an explicit bench file; without either, one line naming the fix
     (out / "results.json").unlink()
-    assert bench.main(["--report-only", "--out", str(out), "--config", str(cfg)]) == 0
+    argv = ["--report-only", "--out", str(out), "--config", str(cfg)]
+    monkeypatch.setattr(sys, "argv", ["pcpo", "bench", *argv])
+    assert bench.main(argv) == 0
     assert json.loads((out / "results.json").read_text())["comparisons"].keys() == res["comparisons"].keys()
+    # the report names the line that rebuilt it (and no matrix line: none was ever run here)
+    md2 = (out / "results.md").read_text()
+    assert f"rebuilt from the committed summaries alone by:\n\n```\npcpo bench {' '.join(argv)}\n```" in md2
+    assert "matrix was started by" not in md2
+    monkeypatch.setattr(sys, "argv", ["pytest"])
     assert bench.main(["--report-only", "--out", str(tmp_path / "empty")]) == 2
     assert "--report-only" in capsys.readouterr().err
     assert not any(c["interim"] for c in res["comparisons"].values())

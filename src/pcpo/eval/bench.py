@@ -1009,9 +1009,11 @@ def _comparison(spec: BenchSpec, fw: str, arm: str, ref: str, done: dict) -> dic
 
 
 def report(spec: BenchSpec, out: Path, summaries: dict, command: str | None = None,
-           provenance: dict | None = None) -> dict:
+           provenance: dict | None = None, report_command: str | None = None) -> dict:
     """Every table, number and plot of the benchmark from per-run summaries; writes results.json/.md.
-    ``provenance``: :func:`pcpo.eval.provenance.protocol_provenance` of the pre-registration, if any."""
+    ``provenance``: :func:`pcpo.eval.provenance.protocol_provenance` of the pre-registration, if any;
+    ``command``: the line that runs the matrix (default: the one recorded when it started);
+    ``report_command``: the ``--report-only`` line that rebuilt this report, if it was one."""
     import warnings
 
     import numpy as np
@@ -1019,7 +1021,8 @@ def report(spec: BenchSpec, out: Path, summaries: dict, command: str | None = No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"spec": {k: getattr(spec, k) for k in spec.__dataclass_fields__},
-                     "command": command or _read_command(out), "runs": [], "summary": {}, "comparisons": {},
+                     "command": command or _read_command(out), "report_command": report_command,
+                     "runs": [], "summary": {}, "comparisons": {},
                      "cells": {"planned": len(spec.cells()), "present": len(summaries)}}
     if provenance is not None:
         results["provenance"] = provenance
@@ -1338,7 +1341,12 @@ def _num(x, fmt: str = "{:.3g}") -> str:
 def results_markdown(results: dict, spec: BenchSpec) -> str:
     lines = ["# pcpo bench results", ""]
     if results.get("command"):
-        lines += ["Command:", "", "```", results["command"], "```", ""]
+        lines += ["The matrix was started by this line (rerun it, with `--resume`, to go on; `--workers` and "
+                  "`--time-budget` change how the runs are scheduled, not what they compute):", "",
+                  "```", results["command"], "```", ""]
+    if results.get("report_command"):
+        lines += ["This report was rebuilt from the committed summaries alone by:", "",
+                  "```", results["report_command"], "```", ""]
     tgt = spec.target if not isinstance(spec.target, dict) else ", ".join(f"{k}: {v}" for k, v in spec.target.items())
     if spec.target_gain is not None:
         tgt = f"its epoch-0 value + {spec.target_gain:g}"
@@ -1592,7 +1600,8 @@ def run_bench(args) -> int:
         prov = protocol_provenance(out, protocol)
         prov["registered_comparisons"] = registered_comparisons(prov.pop("registered_files"))
     if report_only:
-        res = report(spec, out, collect_summaries(spec, out, from_runs=False), provenance=prov)
+        res = report(spec, out, collect_summaries(spec, out, from_runs=False), provenance=prov,
+                     report_command=cmd)
     else:
         if cmd and not (out / "command.txt").is_file():
             (out / "command.txt").write_text(cmd + "\n")
